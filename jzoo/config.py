@@ -1,0 +1,125 @@
+"""Loading ml_collections configs: `FILE.py:VARIANT` or a packaged `NAME:VARIANT`, plus overrides.
+
+  load("configs/imagen.py:micro")            # a file in a checkout
+  load("imagen:micro")                        # the packaged jzoo.configs.imagen (works from a wheel)
+  load("imagen:micro", ["train.steps=100"])   # --config.train.steps=100
+"""
+
+import ast
+import importlib
+import importlib.util
+import os
+
+import ml_collections
+
+from jzoo.errors import ConfigError
+
+
+def _import_config_module(ref):
+  if ref.endswith(".py") or os.sep in ref:
+    if not os.path.isfile(ref):
+      raise ConfigError(f"config file {ref!r} does not exist; pass FILE.py:VARIANT or NAME:VARIANT "
+                        f"with NAME one of {packaged_configs()}")
+    spec = importlib.util.spec_from_file_location(f"_jzoo_config_{abs(hash(ref))}", ref)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  try:
+    return importlib.import_module(f"jzoo.configs.{ref}")
+  except ModuleNotFoundError as e:
+    if e.name != f"jzoo.configs.{ref}":
+      raise
+    raise ConfigError(f"no packaged config {ref!r}; choose one of {packaged_configs()} "
+                      "or pass a file path like configs/imagen.py:micro") from None
+
+
+def packaged_configs():
+  import jzoo.configs
+  folder = os.path.dirname(jzoo.configs.__file__)
+  return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def load(spec, overrides=()):
+  """Returns the locked ConfigDict named by `spec` with `overrides` ("a.b=value") applied."""
+  ref, _, variant = spec.partition(":")
+  module = _import_config_module(ref)
+  try:
+    config = module.get_config(variant or None)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"config {ref!r} has no variant {variant!r}: {e}") from None
+  config = ml_collections.ConfigDict(config)
+  with config.unlocked():
+    config.config_ref = f"{ref}:{variant}" if variant else ref
+  apply_overrides(config, overrides)
+  config.lock()
+  return config
+
+
+def _parse_value(text, current):
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, bool) and isinstance(value, str):
+    if value.lower() in ("true", "false"):
+      return value.lower() == "true"
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(value)
+  return value
+
+
+def apply_overrides(config, overrides):
+  """Applies "a.b.c=value" strings in place. Unknown keys and wrong types are ConfigErrors."""
+  for item in overrides:
+    key, eq, text = item.partition("=")
+    if not eq:
+      raise ConfigError(f"override {item!r} needs the form --config.KEY=VALUE")
+    *parents, leaf = key.split(".")
+    node = config
+    for i, name in enumerate(parents):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        raise ConfigError(f"unknown config key {'.'.join(parents[:i + 1])!r} in --config.{item}")
+      node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+      raise ConfigError(f"unknown config key {key!r} in --config.{item}; known keys here: {known}")
+    current = node[leaf]
+    value = _parse_value(text, current)
+    try:
+      with node.ignore_type() if current is None else _nullcontext():
+        node[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f"--config.{item}: {e}") from None
+
+
+class _nullcontext:
+  def __enter__(self):
+    return None
+
+  def __exit__(self, *a):
+    return False
+
+
+def split_config_overrides(argv):
+  """Splits `--config.a.b=v` / `--config.a.b v` arguments from the rest of argv."""
+  rest, overrides = [], []
+  i = 0
+  argv = list(argv)
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      body = arg[len("--config."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      overrides.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides

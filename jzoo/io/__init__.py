@@ -1,0 +1,5 @@
+"""Writing images and videos: PNG, GIF, MP4, and grids."""
+
+from jzoo.io.media import image_grid, video_grid, write_gif, write_image, write_media, write_mp4
+
+__all__ = ["image_grid", "video_grid", "write_gif", "write_image", "write_media", "write_mp4"]

@@ -1,0 +1,136 @@
+"""The one contract every system of the zoo implements.
+
+A `Model` is built from its config. The CLIs (`jzoo.train`, `jzoo.sample`,
+`jzoo.evaluate`, `jzoo.bench`, `jzoo.plan`) only ever talk to this interface:
+
+  model = build_model(config)
+  model.stages                       # trainable stages in training order, e.g. ("base", "sr64")
+  model.data_spec(stage)             # what the stage trains on
+  variables = model.init(stage, rng, batch)          # flax variables, params boxed with logical axis names
+  loss, metrics = model.loss(stage, params, batch, rng, frozen)
+  pixels = model.generate(params_by_stage, request, rng)   # uint8 [B,H,W,3] or [B,T,H,W,3]
+
+Batches are dicts of arrays whose leading axis is the batch:
+  "image": float32 [B, H, W, 3] in [-1, 1]   (image datasets)
+  "video": float32 [B, T, H, W, 3] in [-1, 1] (video datasets)
+  "tokens": int32 [B, L]   sentencepiece ids of the caption, 0-padded
+  "mask":   int32 [B, L]   1 where a token is real
+
+`frozen` holds the parameters of the stages this stage depends on but does
+not train (a text encoder, a visual tokenizer): no gradients, no optimizer
+state. `frozen_stages(stage)` names them; `load_frozen` loads them.
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jzoo.errors import PromptError
+
+TEXT_TO_IMAGE = "text-to-image"
+TEXT_TO_VIDEO = "text-to-video"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a stage trains on."""
+  dataset: str  # "shapes", "moving_shapes", "folder:/path/to/dir" or "tfds:NAME[/CONFIG]"
+  resolution: int  # square side in pixels
+  frames: Optional[int] = None  # None for images
+  text_length: int = 32  # tokens per caption, padded/truncated-with-error
+
+
+@dataclasses.dataclass
+class Request:
+  """A generation request. Arrays only, so that `generate` jits; options are traced scalars.
+
+  tokens/mask: [B, L] for the prompts (B samples). `story_tokens`/`story_mask`
+  ([S, B, L]) hold further prompts for systems with story mode. `steps` and
+  `guidance` are traced, so changing them does not recompile.
+  """
+  tokens: Any
+  mask: Any
+  steps: Any = None
+  guidance: Any = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+jax.tree_util.register_dataclass(
+    Request, data_fields=["tokens", "mask", "steps", "guidance", "extra"], meta_fields=[])
+
+
+class Model:
+  """Base class: subclasses set `stages`, `task` and implement the abstract methods."""
+
+  stages: Sequence[str] = ()
+  task: str = TEXT_TO_IMAGE
+
+  def __init__(self, config):
+    self.config = config
+
+  # --- data ---------------------------------------------------------------
+  def data_spec(self, stage) -> DataSpec:
+    raise NotImplementedError
+
+  @property
+  def text_length(self) -> int:
+    return int(self.config.text.length)
+
+  @property
+  def output_shape(self):
+    """(H, W) for images, (T, H, W) for videos: what `generate` returns per sample."""
+    raise NotImplementedError
+
+  # --- training -----------------------------------------------------------
+  def init(self, stage, rng, batch):
+    """Returns flax variables ({"params": ...}) for `stage`; params carry logical axis names."""
+    raise NotImplementedError
+
+  def loss(self, stage, params, batch, rng, frozen):
+    """Returns (scalar loss, dict of scalar metrics). Pure; jitted by the trainer."""
+    raise NotImplementedError
+
+  def frozen_stages(self, stage) -> Sequence[str]:
+    """Stages whose parameters `loss(stage, ...)` reads but does not train."""
+    return ()
+
+  def load_frozen(self, stage, model_dir):
+    """Parameters of `frozen_stages(stage)`, by default from their checkpoints in `model_dir`."""
+    from jzoo.training import checkpoint
+    return {dep: checkpoint.load_params(model_dir, dep) for dep in self.frozen_stages(stage)}
+
+  # --- sampling -----------------------------------------------------------
+  def default_request_options(self):
+    """Defaults for `steps` and `guidance` (the CLI's defaults)."""
+    return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
+
+  def generate(self, params, request: Request, rng):
+    """params: {stage: params}. Returns uint8 [B,H,W,3] (images) or [B,T,H,W,3] (videos)."""
+    raise NotImplementedError
+
+  @property
+  def axis_rules(self):
+    return tuple(tuple(r) for r in self.config.axis_rules)
+
+
+def to_uint8(x):
+  """[-1, 1] floats to uint8 pixels."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def check_prompts(prompts, max_tokens, tokenizer):
+  """Raises PromptError for empty prompts or prompts longer than the model's text length."""
+  for p in prompts:
+    if not p or not p.strip():
+      raise PromptError("empty prompt: pass a caption such as --prompt 'a small red circle in the center'")
+    n = len(tokenizer.encode_ids(p))
+    if n > max_tokens:
+      raise PromptError(f"prompt {p[:40]!r}... is {n} tokens, longer than the model's text length "
+                        f"{max_tokens}; shorten it")
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,150 @@
+"""Model names -> config, pipeline (model class) and bundled weights.
+
+A bundled model lives in `jzoo/assets/models/<name>/`: `config.json` (the
+config it was trained with) and one `<stage>.safetensors` per stage (EMA
+parameters), written by `python -m jzoo.export` from a training directory.
+"""
+
+import dataclasses
+import functools
+import importlib
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from jzoo import config as config_lib
+from jzoo.errors import CheckpointError, ConfigError, UserError
+from jzoo.io import tree_files
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  name: str
+  config: str  # "family:variant" of a packaged config
+  description: str = ""
+
+  @property
+  def weights_dir(self):
+    return os.path.join(ASSETS, "models", self.name)
+
+  @property
+  def bundled(self):
+    return os.path.isfile(os.path.join(self.weights_dir, "config.json"))
+
+
+MODELS = {e.name: e for e in [
+    Entry("imagen-tiny-shapes", "imagen:tiny_shapes", "Imagen cascade (T5 + 32px base + 64px SR) on shapes"),
+    Entry("imagen-micro", "imagen:micro", "Imagen micro cascade for tests and smoke runs"),
+]}
+
+DEFAULT_MODEL = "imagen-tiny-shapes"
+
+
+def get_entry(name):
+  if name not in MODELS:
+    raise UserError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+  return MODELS[name]
+
+
+def build_model(config):
+  """The Model object of a config (`jzoo.models.<config.model>.build(config)`)."""
+  # A bare name is a zoo family (jzoo.models.<name>); a dotted path is the user's own model module.
+  module_name = config.model if "." in config.model else f"jzoo.models.{config.model}"
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise
+    raise ConfigError(f"config.model {config.model!r} is not a jzoo model family or an importable "
+                      "module with a build(config) function") from None
+  return module.build(config)
+
+
+def load_config(name):
+  """The config of a registered model: the bundled config.json when weights are bundled."""
+  entry = get_entry(name)
+  if entry.bundled:
+    with open(os.path.join(entry.weights_dir, "config.json")) as f:
+      return config_from_json(f.read())
+  return config_lib.load(entry.config)
+
+
+def config_from_json(text):
+  data = json.loads(text)
+  config = ml_collections.ConfigDict(_tuplify(data))
+  config.lock()
+  return config
+
+
+def _tuplify(x):
+  # JSON turns tuples (axis rules, channel multipliers) into lists; configs use tuples.
+  if isinstance(x, dict):
+    return {k: _tuplify(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuplify(v) for v in x)
+  return x
+
+
+def load_bundled_params(name, model):
+  entry = get_entry(name)
+  params = {}
+  for stage in model.stages:
+    path = os.path.join(entry.weights_dir, f"{stage}.safetensors")
+    if os.path.isfile(path):
+      params[stage] = tree_files.load_tree(path)
+  return params
+
+
+def export_bundle(model_dir, name, stages, config, out_dir=None):
+  """Writes config.json + <stage>.safetensors (EMA params) for `stages` from a training dir."""
+  from jzoo.training import checkpoint
+  out_dir = out_dir or os.path.join(ASSETS, "models", name)
+  os.makedirs(out_dir, exist_ok=True)
+  for stage in stages:
+    tree_files.save_tree(os.path.join(out_dir, f"{stage}.safetensors"),
+                         checkpoint.load_params(model_dir, stage))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  return out_dir
+
+
+def abstract_params(model, stage, rng=None):
+  """ShapeDtypeStructs of a stage's parameters, built without allocating anything."""
+  import flax.linen as nn
+  batch = abstract_batch(model, stage)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  variables = jax.eval_shape(lambda r, b: model.init(stage, r, b), rng, batch)
+  return nn.unbox(variables["params"])
+
+
+def abstract_batch(model, stage, batch_size=1):
+  spec = model.data_spec(stage)
+  if spec.frames:
+    pixels = ("video", (batch_size, spec.frames, spec.resolution, spec.resolution, 3))
+  else:
+    pixels = ("image", (batch_size, spec.resolution, spec.resolution, 3))
+  return {
+      pixels[0]: jax.ShapeDtypeStruct(pixels[1], np.float32),
+      "tokens": jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32),
+      "mask": jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32),
+  }
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_count(name):
+  from jzoo.models.base import count_params
+  model = build_model(load_config(name))
+  return sum(count_params(abstract_params(model, s)) for s in model.stages)
+
+
+def random_params(model, stage, rng):
+  """Freshly initialised parameters of a stage (smoke tests; no training)."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(model, stage).items()}
+  return nn.unbox(jax.jit(lambda r: model.init(stage, r, batch))(rng)["params"])

@@ -1,0 +1,211 @@
+"""python -m jzoo.sample: text to images (PNG) or videos (GIF/MP4) with a registered model.
+
+  python -m jzoo.sample                                   # the bundled default model, a default prompt
+  python -m jzoo.sample --prompt "a small red circle in the top left corner" --out red.png
+  python -m jzoo.sample --prompts-file prompts.txt --out outdir/   # outdir/0000.png, 0001.png, ...
+  python -m jzoo.sample --model imagen-tiny-shapes --checkpoint runs/imagen --num 4
+  python -m jzoo.sample --list
+"""
+
+import argparse
+import os
+import sys
+
+from jzoo import cli
+from jzoo import registry
+from jzoo.errors import CheckpointError, UserError
+
+DEFAULT_PROMPTS = {
+    "text-to-image": "a large red circle in the center",
+    "text-to-video": "a red circle moving right",
+}
+
+
+def build_parser():
+  p = argparse.ArgumentParser(prog="python -m jzoo.sample", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default=registry.DEFAULT_MODEL, help="registered model name (see --list)")
+  p.add_argument("--prompt", action="append", default=None,
+                 help="caption; repeat for several (a video model with story mode joins them)")
+  p.add_argument("--prompts-file", default=None, help="file with one prompt per line")
+  p.add_argument("--out", default=None, help="output file (one output) or directory (several)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--num", type=int, default=1, help="samples per prompt")
+  p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+  p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train")
+  p.add_argument("--format", choices=("png", "gif", "mp4"), default=None)
+  p.add_argument("--batch-size", type=int, default=16, help="samples generated per device call")
+  p.add_argument("--random-weights", action="store_true",
+                 help="smoke test: sample from freshly initialised parameters")
+  p.add_argument("--list", action="store_true", help="list the registered models and exit")
+  return p
+
+
+def list_models():
+  rows = [("name", "task", "output", "params", "bundled")]
+  for name, entry in sorted(registry.MODELS.items()):
+    model = registry.build_model(registry.load_config(name))
+    shape = "x".join(str(s) for s in model.output_shape)
+    rows.append((name, model.task, shape, f"{registry.parameter_count(name):,}",
+                 "yes" if entry.bundled else "no"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  for r in rows:
+    print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def read_prompts(args, task):
+  if args.prompts_file is not None:
+    if args.prompt:
+      raise UserError("give either --prompt or --prompts-file, not both")
+    if not os.path.isfile(args.prompts_file):
+      raise UserError(f"prompts file {args.prompts_file!r} does not exist")
+    with open(args.prompts_file) as f:
+      lines = f.read().splitlines()
+    while lines and not lines[-1].strip():
+      lines.pop()
+    if not lines:
+      raise UserError(f"prompts file {args.prompts_file!r} is empty; write one prompt per line")
+    return lines
+  return args.prompt or [DEFAULT_PROMPTS[task]]
+
+
+def output_paths(args, model_name, prompts, story, ext):
+  """A file path for one output; `{out}/{i:04d}.{ext}` for several."""
+  n_out = 1 if story else len(prompts) * args.num
+  several = args.prompts_file is not None or args.num > 1 or n_out > 1
+  if not several:
+    path = args.out or os.path.join("samples", f"{model_name}-{args.seed}.{ext}")
+    if os.path.isdir(path):
+      raise UserError(f"--out {path!r} is a directory; give a file path like {path}/out.{ext}")
+    _check_writable(os.path.dirname(os.path.abspath(path)))
+    return [path]
+  folder = args.out or os.path.join("samples", f"{model_name}-{args.seed}")
+  if os.path.isfile(folder):
+    raise UserError(f"--out {folder!r} is a file; with several outputs --out is a directory")
+  _check_writable(folder)
+  return [os.path.join(folder, f"{i:04d}.{ext}") for i in range(n_out)]
+
+
+def _check_writable(folder):
+  probe = folder
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  probe = probe or "."
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+    raise UserError(f"cannot write to {folder!r} (no write permission under {probe!r}); "
+                    "choose another --out")
+
+
+def load_model_and_params(args):
+  import jax
+  from jzoo.training import checkpoint
+  entry = registry.get_entry(args.model)
+  if args.checkpoint is not None:
+    if not os.path.isdir(args.checkpoint):
+      raise CheckpointError(f"checkpoint directory {args.checkpoint!r} does not exist")
+    config = _checkpoint_config(args.checkpoint) or registry.load_config(entry.name)
+    model = registry.build_model(config)
+    params = {s: checkpoint.load_params(args.checkpoint, s) for s in model.stages}
+    return model, params
+  config = registry.load_config(entry.name)
+  model = registry.build_model(config)
+  if args.random_weights:
+    params = {s: registry.random_params(model, s, jax.random.PRNGKey(args.seed)) for s in model.stages}
+    return model, params
+  if not entry.bundled:
+    raise CheckpointError(f"model {entry.name!r} has no bundled weights; pass --checkpoint DIR "
+                          f"(train with python -m jzoo.train --config {entry.config} --workdir DIR) "
+                          "or --random-weights for a smoke test")
+  return model, registry.load_bundled_params(entry.name, model)
+
+
+def _checkpoint_config(model_dir):
+  for name in sorted(os.listdir(model_dir)):
+    path = os.path.join(model_dir, name, "config.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        return registry.config_from_json(f.read())
+  return None
+
+
+def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, story):
+  """Returns a list of uint8 arrays, one per output, in prompt-major order."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jzoo.models.base import Request
+  from jzoo.text.tokenizer import Tokenizer
+
+  tokenizer = Tokenizer.load(model.config.text.tokenizer)
+  from jzoo.models.base import check_prompts
+  check_prompts(prompts, model.text_length, tokenizer)
+  options = model.default_request_options()
+  steps = options["steps"] if steps is None else steps
+  guidance = options["guidance"] if guidance is None else guidance
+  gen = jax.jit(model.generate)
+  key = jax.random.PRNGKey(seed)
+
+  if story:
+    tokens, mask = tokenizer.encode_batch(prompts, model.text_length)
+    request = Request(tokens=jnp.asarray(tokens[:1]), mask=jnp.asarray(mask[:1]),
+                      steps=jnp.int32(steps), guidance=jnp.float32(guidance),
+                      extra={"story_tokens": jnp.asarray(tokens[1:, None]),
+                             "story_mask": jnp.asarray(mask[1:, None])})
+    return [np.asarray(gen(params, request, key))[0]]
+
+  flat = [p for p in prompts for _ in range(num)]
+  bs = min(batch_size, len(flat))
+  outputs = []
+  for b, start in enumerate(range(0, len(flat), bs)):
+    chunk = flat[start:start + bs]
+    padded = chunk + [chunk[-1]] * (bs - len(chunk))  # one shape: no recompilation
+    tokens, mask = tokenizer.encode_batch(padded, model.text_length)
+    request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=jnp.int32(steps),
+                      guidance=jnp.float32(guidance))
+    out = np.asarray(gen(params, request, jax.random.fold_in(key, b)))
+    outputs.extend(out[:len(chunk)])
+  return outputs
+
+
+@cli.main_guard
+def main(argv=None):
+  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  if args.list:
+    list_models()
+    return
+  registry.get_entry(args.model)  # unknown model: fail before any work
+  for flag in ("num", "steps", "batch_size"):
+    value = getattr(args, flag)
+    if value is not None and value <= 0:
+      raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+  if args.guidance is not None and not args.guidance == args.guidance:
+    raise UserError("--guidance must be a number")
+  config = registry.load_config(args.model)
+  model = registry.build_model(config)
+  prompts = read_prompts(args, model.task)
+  for p in prompts:
+    if not p.strip():
+      raise UserError("empty prompt; give a caption such as --prompt "
+                      f"{DEFAULT_PROMPTS[model.task]!r}")
+  video = model.task == "text-to-video"
+  story = video and args.prompt is not None and len(args.prompt) > 1
+  if story and not getattr(model, "supports_story", False):
+    raise UserError(f"model {args.model!r} has no story mode; give one --prompt or use --prompts-file")
+  ext = args.format or ("gif" if video else "png")
+  if not video and ext != "png":
+    raise UserError(f"{args.model} makes images; use --format png")
+  if video and ext == "png":
+    raise UserError(f"{args.model} makes videos; use --format gif or --format mp4")
+  paths = output_paths(args, args.model, prompts, story, ext)
+  model, params = load_model_and_params(args)
+  outputs = generate(model, params, prompts, num=args.num, seed=args.seed, steps=args.steps,
+                     guidance=args.guidance, batch_size=args.batch_size, story=story)
+  from jzoo.io import write_media
+  for path, x in zip(paths, outputs):
+    write_media(path, x, ext)
+    print(path)
+
+
+if __name__ == "__main__":
+  main()

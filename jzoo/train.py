@@ -1,0 +1,44 @@
+"""python -m jzoo.train --config FILE.py:VARIANT|NAME:VARIANT --workdir DIR [--config.KEY=VALUE ...]
+
+Trains one stage (`config.stage`) of a model into DIR/<stage>/, resuming from
+the latest checkpoint there. Train each stage of a cascade with its own
+`--config.stage=...` into the same DIR; `python -m jzoo.sample --checkpoint DIR`
+then samples the whole model.
+"""
+
+import argparse
+import sys
+
+from jzoo import cli
+from jzoo import config as config_lib
+
+
+def parse_args(argv):
+  argv, overrides = config_lib.split_config_overrides(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="python -m jzoo.train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True,
+                      help="configs/imagen.py:tiny_shapes or a packaged name like imagen:tiny_shapes")
+  parser.add_argument("--workdir", required=True, help="model directory (checkpoints, metrics)")
+  parser.add_argument("--stop_after", "--stop-after", type=int, default=None,
+                      help="stop with a checkpoint at this step, keeping the schedule of train.steps")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  args = parser.parse_args(argv)
+  return args, overrides
+
+
+@cli.main_guard
+def main(argv=None):
+  args, overrides = parse_args(argv)
+  from jzoo.parallel.distributed import maybe_initialize
+  maybe_initialize()
+  config = config_lib.load(args.config, overrides)
+  from jzoo.training.loop import train_and_evaluate
+  metrics = train_and_evaluate(config, args.workdir, stop_after=args.stop_after,
+                               progress=not args.no_progress)
+  if metrics:
+    print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+
+
+if __name__ == "__main__":
+  main()

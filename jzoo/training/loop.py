@@ -1,0 +1,233 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, called by `python -m jzoo.train` and notebooks.
+
+One jitted step with explicit in/out shardings and donated state; sharded
+init; orbax checkpoints every `train.checkpoint_every` steps (async), resumed
+automatically; metrics to DIR/<stage>/metrics.jsonl and TensorBoard. A NaN or
+infinite loss stops training before anything is saved.
+"""
+
+import functools
+import math
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jzoo import registry
+from jzoo.data.pipeline import InputPipeline
+from jzoo.data.sources import get_source
+from jzoo.errors import ConfigError, TrainingDiverged
+from jzoo.parallel import mesh as mesh_lib
+from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
+from jzoo.text.tokenizer import Tokenizer
+from jzoo.training import checkpoint as ckpt_lib
+from jzoo.training.metrics import MetricWriter
+from jzoo.training.optim import make_optimizer
+
+
+def ema_decay_at(step, decay):
+  # Warm-up of the EMA so that short runs are not dominated by the random init.
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+class Trainer:
+  """Builds the sharded state and the jitted step for one stage of a model."""
+
+  def __init__(self, config, mesh, model=None):
+    self.config = config
+    self.mesh = mesh
+    self.model = model or registry.build_model(config)
+    self.stage = config.stage
+    if self.stage not in self.model.stages:
+      raise ConfigError(f"config.stage {self.stage!r} is not a stage of {config.model}; "
+                        f"choose one of {list(self.model.stages)}")
+    self.rules = self.model.axis_rules
+    self.tx, self.schedule = make_optimizer(config.optim, config.train.steps)
+    self.batch_spec = registry.abstract_batch(self.model, self.stage, config.train.batch_size)
+    self._build_shardings()
+
+  # --- state ---------------------------------------------------------------
+  def _init_params(self, rng, batch):
+    return self.model.init(self.stage, rng, batch)["params"]
+
+  def _build_shardings(self):
+    rng = jax.random.PRNGKey(0)
+    with mesh_context(self.mesh, self.rules):
+      boxed = jax.eval_shape(self._init_params, rng, self.batch_spec)
+    param_sh = logical_shardings(boxed, self.mesh, self.rules)
+    abstract_params = nn.unbox(boxed)
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+    repl = replicated(self.mesh)
+    opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: repl)
+    self.state_shardings = {"step": repl, "rng": repl, "params": param_sh, "ema": param_sh,
+                            "opt_state": opt_sh}
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        {"step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+         "params": abstract_params, "ema": abstract_params, "opt_state": abstract_opt},
+        self.state_shardings)
+    self.batch_shardings = {k: mesh_lib.batch_sharding(self.mesh, len(v.shape))
+                            for k, v in self.batch_spec.items()}
+
+  def init_state(self, seed):
+    """Creates the train state directly in its shards (never whole on one device)."""
+
+    def init(rng):
+      init_rng, train_rng = jax.random.split(rng)
+      batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.batch_spec.items()}
+      params = nn.unbox(self._init_params(init_rng, batch))
+      return {"step": jnp.zeros((), jnp.int32), "rng": train_rng, "params": params,
+              "ema": params, "opt_state": self.tx.init(params)}
+
+    with mesh_context(self.mesh, self.rules):
+      return jax.jit(init, out_shardings=self.state_shardings)(jax.random.PRNGKey(seed))
+
+  # --- step ----------------------------------------------------------------
+  def _train_step(self, state, batch, frozen):
+    step_rng = jax.random.fold_in(state["rng"], state["step"])
+
+    def loss_fn(params):
+      return self.model.loss(self.stage, params, batch, step_rng, frozen)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    decay = ema_decay_at(state["step"], self.config.train.ema_decay)
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads),
+                   lr=self.schedule(state["step"]))
+    new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params, "ema": ema,
+                 "opt_state": opt_state}
+    return new_state, metrics
+
+  def jit_step(self, frozen_shardings):
+    repl = replicated(self.mesh)
+    step = jax.jit(self._train_step,
+                   in_shardings=(self.state_shardings, self.batch_shardings, frozen_shardings),
+                   out_shardings=(self.state_shardings, repl),
+                   donate_argnums=(0,))
+
+    @functools.wraps(step)
+    def run(*args):
+      with mesh_context(self.mesh, self.rules):
+        return step(*args)
+
+    return run
+
+  # --- frozen dependencies ---------------------------------------------------
+  def load_frozen(self, workdir):
+    """Frozen stages' params, placed with their own logical shardings."""
+    frozen = self.model.load_frozen(self.stage, workdir)
+    shardings = {}
+    for dep, params in frozen.items():
+      dep_batch = registry.abstract_batch(self.model, dep, 1)
+      with mesh_context(self.mesh, self.rules):
+        boxed = jax.eval_shape(lambda r, b, d=dep: self.model.init(d, r, b)["params"],
+                               jax.random.PRNGKey(0), dep_batch)
+      sh = logical_shardings(boxed, self.mesh, self.rules)
+      try:
+        shardings[dep] = jax.tree_util.tree_map(lambda _, s: s, params, sh)
+      except ValueError:  # imported weights whose structure the model re-maps itself
+        shardings[dep] = jax.tree_util.tree_map(lambda _: replicated(self.mesh), params)
+    frozen = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), frozen, shardings)
+    return frozen, shardings
+
+
+def _check_finite(step, value, stage_dir, last_saved):
+  if not math.isfinite(value):
+    where = (f"the last good checkpoint (step {last_saved}) in {stage_dir} is kept"
+             if last_saved is not None else "no checkpoint was written")
+    raise TrainingDiverged(f"loss is {value} at step {step}; stopping, {where}. Lower "
+                           "--config.optim.lr or raise --config.optim.warmup_steps and resume")
+
+
+def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True):
+  """Trains `config.stage` of `config.model` into `workdir/<stage>/`, resuming if checkpoints exist.
+
+  `stop_after`: stop (with a checkpoint) once this step is reached, keeping the schedule of
+  `config.train.steps` — for splitting a run over sessions. Returns the final metrics dict."""
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  trainer = Trainer(config, mesh)
+  model, stage, train_cfg = trainer.model, trainer.stage, config.train
+  stage_dir = ckpt_lib.stage_dir(workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  is_host0 = jax.process_index() == 0
+  if is_host0:
+    with open(os.path.join(stage_dir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+  spec = model.data_spec(stage)
+  dataset = config.data.dataset or spec.dataset
+  source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
+  tokenizer = Tokenizer.load(config.text.tokenizer)
+  frozen, frozen_shardings = trainer.load_frozen(workdir)
+
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(workdir, stage), keep=train_cfg.keep)
+  start = checkpointer.latest_step()
+  if start is not None:
+    state, meta = checkpointer.restore(start, trainer.abstract_state)
+    state = dict(state, step=jax.device_put(jnp.asarray(start, jnp.int32), replicated(mesh)),
+                 rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), replicated(mesh)))
+    position = int(meta["data_position"])
+  else:
+    start, position = 0, 0
+    state = trainer.init_state(train_cfg.seed)
+
+  pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
+                           text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
+                           shuffle=config.data.shuffle, position=position)
+  step_fn = trainer.jit_step(frozen_shardings)
+  writer = MetricWriter(stage_dir)
+  total = int(train_cfg.steps)
+  end = min(total, int(stop_after)) if stop_after else total
+  last_saved = start if start else None
+
+  def save(step, state):
+    meta = {"step": step, "data_position": pipeline.position, "stage": stage,
+            "model": config.model, "rng": np.asarray(jax.device_get(state["rng"])).tolist()}
+    checkpointer.save(step, state, meta)
+
+  bar = None
+  if progress and is_host0:
+    from tqdm import tqdm
+    bar = tqdm(total=end, initial=start, desc=f"{config.model}/{stage}", dynamic_ncols=True)
+  last = {}
+  t0, steps_since = time.perf_counter(), 0
+  pending = None  # (step, loss array) checked one step late so the host never stalls the device
+  try:
+    for step in range(start, end):
+      batch = next(pipeline)
+      state, metrics = step_fn(state, batch, frozen)
+      if pending is not None:
+        _check_finite(pending[0], float(pending[1]), stage_dir, last_saved)
+      pending = (step + 1, metrics["loss"])
+      steps_since += 1
+      done = step + 1
+      if done % train_cfg.log_every == 0 or done == end:
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(done, host["loss"], stage_dir, last_saved)
+        now = time.perf_counter()
+        host["steps_per_sec"] = steps_since / max(now - t0, 1e-9)
+        t0, steps_since = now, 0
+        writer.write(done, host)
+        last = host
+        if bar is not None:
+          bar.set_postfix(loss=f"{host['loss']:.4f}")
+      if done % train_cfg.checkpoint_every == 0 or done == end:
+        _check_finite(done, float(metrics["loss"]), stage_dir, last_saved)
+        save(done, state)
+        last_saved = done
+      if bar is not None:
+        bar.update(1)
+  finally:
+    if bar is not None:
+      bar.close()
+    checkpointer.close()  # waits for the async save in flight: never a half-written latest step
+    writer.close()
+  return last

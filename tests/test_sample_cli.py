@@ -1,0 +1,103 @@
+"""python -m jzoo.sample: outputs where promised, same seed same output, one-line errors with exit 2."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jzoo import sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = ["--model", "imagen-micro", "--random-weights", "--steps", "2"]
+
+
+def run_main(argv, capsys):
+  """Runs the CLI in-process; returns (exit code, stdout, stderr)."""
+  code = 0
+  try:
+    sample.main(argv)
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_writes_a_png_and_the_same_seed_gives_the_same_image(tmp_path, capsys):
+  a, b, c = (str(tmp_path / n) for n in ("a.png", "b.png", "c.png"))
+  for path, seed in ((a, 1), (b, 1), (c, 2)):
+    code, out, err = run_main(MICRO + ["--prompt", "a small red circle in the center", "--out", path,
+                                       "--seed", str(seed)], capsys)
+    assert code == 0, err
+    assert out.strip() == path
+  img_a, img_b, img_c = (np.asarray(Image.open(p)) for p in (a, b, c))
+  assert img_a.shape == (32, 32, 3) and img_a.dtype == np.uint8
+  np.testing.assert_array_equal(img_a, img_b)
+  assert np.any(img_a != img_c)
+
+
+def test_prompts_file_writes_one_file_per_line(tmp_path, capsys):
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("a small red circle in the center\na blue square above a green triangle\n")
+  out_dir = tmp_path / "out"
+  code, out, err = run_main(MICRO + ["--prompts-file", str(prompts), "--out", str(out_dir)], capsys)
+  assert code == 0, err
+  assert sorted(os.listdir(out_dir)) == ["0000.png", "0001.png"]
+  assert out.split() == [str(out_dir / "0000.png"), str(out_dir / "0001.png")]
+
+
+def test_num_makes_a_directory(tmp_path, capsys):
+  code, out, err = run_main(MICRO + ["--num", "3", "--out", str(tmp_path / "d")], capsys)
+  assert code == 0, err
+  assert sorted(os.listdir(tmp_path / "d")) == ["0000.png", "0001.png", "0002.png"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "nosuch"], "unknown model 'nosuch'; choose one of: imagen-micro"),
+    (MICRO + ["--prompt", "  "], "empty prompt"),
+    (MICRO + ["--prompt", "a small red circle " * 20], "tokens (with eos); this model takes at most"),
+    (MICRO + ["--prompts-file", "/nonexistent/p.txt"], "prompts file '/nonexistent/p.txt' does not exist"),
+    (MICRO + ["--steps", "0"], "--steps must be a positive integer"),
+    (MICRO + ["--num", "-1"], "--num must be a positive integer"),
+    (MICRO + ["--out", "/proc/nope/x.png"], "cannot write to '/proc/nope'"),
+    (["--model", "imagen-micro", "--checkpoint", "/nonexistent/ckpt"],
+     "checkpoint directory '/nonexistent/ckpt' does not exist"),
+    (["--model", "imagen-micro"], "has no bundled weights; pass --checkpoint DIR"),
+    (MICRO + ["--format", "gif"], "makes images; use --format png"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+  code, out, err = run_main(argv, capsys)
+  assert code == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert message in lines[0]
+  assert "Traceback" not in err
+
+
+def test_corrupt_checkpoint_names_the_path(tmp_path, capsys):
+  stage_dir = tmp_path / "text_encoder" / "checkpoints" / "5"
+  stage_dir.mkdir(parents=True)
+  (stage_dir / "garbage").write_text("not a checkpoint")
+  code, _, err = run_main(["--model", "imagen-micro", "--checkpoint", str(tmp_path),
+                           "--out", str(tmp_path / "x.png")], capsys)
+  assert code == 2
+  assert str(tmp_path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_prints_the_table(capsys):
+  code, out, _ = run_main(["--list"], capsys)
+  assert code == 0
+  header, *rows = out.strip().splitlines()
+  assert header.split() == ["name", "task", "output", "params", "bundled"]
+  micro = [r for r in rows if r.startswith("imagen-micro")][0].split()
+  assert micro[1] == "text-to-image" and micro[2] == "32x32" and int(micro[3].replace(",", "")) > 0
+
+
+def test_module_entry_point_exit_code():
+  result = subprocess.run([sys.executable, "-m", "jzoo.sample", "--model", "nosuch"],
+                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      result.stderr.strip()] and "unknown model" in result.stderr
