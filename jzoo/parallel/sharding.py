@@ -28,7 +28,7 @@ def logical_shardings(boxed_tree, mesh, rules):
   over fsdp=2) stays replicated instead of failing: the rules say where an axis
   may be sharded, the shapes say where it can be."""
   mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
-  arrays = nn.unbox(boxed_tree)
+  arrays = unbox_values(boxed_tree)
 
   def fit(spec, x):
     dims = []
@@ -39,6 +39,13 @@ def logical_shardings(boxed_tree, mesh, rules):
     return NamedSharding(mesh, P(*dims))
 
   return jax.tree_util.tree_map(fit, mesh_specs, arrays, is_leaf=lambda x: isinstance(x, P))
+
+
+def unbox_values(tree):
+  """Like nn.unbox but never applies sharding constraints (safe on abstract trees in a mesh context)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                                is_leaf=is_box)
 
 
 def logical_specs(boxed_tree):
