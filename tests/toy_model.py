@@ -74,7 +74,7 @@ def build(config):
 
 def get_config(variant=None):
   c = base_config("tests.toy_model", "denoiser")
-  c.toy = ml_collections.ConfigDict(dict(vocab=512, width=16, resolution=16, poison=False))
+  c.toy = ml_collections.ConfigDict(dict(vocab=640, width=16, resolution=16, poison=False))
   c.train.steps = 6
   c.train.batch_size = 8
   c.train.log_every = 1
