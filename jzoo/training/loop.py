@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jzoo import registry
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
-from jzoo.errors import ConfigError, TrainingDiverged
+from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
@@ -121,22 +121,30 @@ class Trainer:
     return run
 
   # --- frozen dependencies ---------------------------------------------------
-  def load_frozen(self, workdir):
-    """Frozen stages' params, placed with their own logical shardings."""
-    frozen = self.model.load_frozen(self.stage, workdir)
-    shardings = {}
-    for dep, params in frozen.items():
+  def frozen_abstract(self):
+    """Abstract params and logical shardings of the frozen stages this stage reads."""
+    abstract, shardings = {}, {}
+    for dep in self.model.frozen_stages(self.stage):
       dep_batch = registry.abstract_batch(self.model, dep, 1)
       with mesh_context(self.mesh, self.rules):
         boxed = jax.eval_shape(lambda r, b, d=dep: self.model.init(d, r, b)["params"],
                                jax.random.PRNGKey(0), dep_batch)
-      sh = logical_shardings(boxed, self.mesh, self.rules)
+      abstract[dep] = nn.unbox(boxed)
+      shardings[dep] = logical_shardings(boxed, self.mesh, self.rules)
+    return abstract, shardings
+
+  def load_frozen(self, workdir):
+    """Frozen stages' params, placed with their own logical shardings."""
+    frozen = self.model.load_frozen(self.stage, workdir)
+    _, shardings = self.frozen_abstract()
+    placed = {}
+    for dep, params in frozen.items():
       try:
-        shardings[dep] = jax.tree_util.tree_map(lambda _, s: s, params, sh)
-      except ValueError:  # imported weights whose structure the model re-maps itself
-        shardings[dep] = jax.tree_util.tree_map(lambda _: replicated(self.mesh), params)
-    frozen = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), frozen, shardings)
-    return frozen, shardings
+        placed[dep] = jax.tree_util.tree_map(jax.device_put, params, shardings[dep])
+      except ValueError as e:
+        raise CheckpointError(f"frozen stage {dep!r} does not match the config's architecture: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return placed, {dep: shardings[dep] for dep in placed}
 
 
 def _check_finite(step, value, stage_dir, last_saved):

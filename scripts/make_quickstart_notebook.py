@@ -1,0 +1,74 @@
+"""Writes notebooks/quickstart.ipynb (kept as a script so the notebook's source is reviewable)."""
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+cells = [
+    new_markdown_cell(
+        "# jzoo quickstart\n\n"
+        "Sample from the bundled text-to-image model, look at the `shapes` and `moving_shapes` "
+        "datasets every model trains on, and train a micro model for a few steps — on a CPU, "
+        "a Colab GPU or a TPU VM, with the same code."),
+    new_code_cell(
+        "# Colab / a fresh machine: install jzoo from your clone of the repository.\n"
+        "# (Skipped where jzoo is already installed.)\n"
+        "import importlib.util, subprocess, sys\n"
+        "JZOO_SOURCE = '.'  # path to the jzoo checkout\n"
+        "if importlib.util.find_spec('jzoo') is None:\n"
+        "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '-e', f'{JZOO_SOURCE}[dev]'], check=True)"),
+    new_code_cell(
+        "import os\n"
+        "import jax, numpy as np, mediapy\n"
+        "from jzoo import api, registry\n"
+        "FAST = bool(os.environ.get('JZOO_NOTEBOOK_FAST'))  # CI runs this notebook with few steps\n"
+        "print(jax.devices())"),
+    new_markdown_cell("## Text to image\n\nThe default model; prompts follow the `shapes` captions "
+                      "(see `docs/SHAPES.md`)."),
+    new_code_cell(
+        "name = registry.DEFAULT_MODEL\n"
+        "bundled = registry.get_entry(name).bundled\n"
+        "if not bundled:  # a checkout before the bundled weights were trained: a random micro model\n"
+        "    name = 'imagen-micro'\n"
+        "model, params = api.load(name, random_weights=not bundled)\n"
+        "prompts = ['a large red circle in the center',\n"
+        "           'a small blue square in the top left corner',\n"
+        "           'a green triangle to the left of a yellow circle',\n"
+        "           'a white square above a magenta circle']\n"
+        "images = api.generate(model, params, prompts, seed=0, steps=4 if FAST else None)\n"
+        "mediapy.show_images(list(images), titles=[p[:28] for p in prompts], width=160)"),
+    new_markdown_cell("## The datasets\n\nProcedurally rendered, deterministic by (split, index), "
+                      "no download."),
+    new_code_cell(
+        "from jzoo.data import shapes\n"
+        "examples = [shapes.image_example('train', i, 64) for i in range(6)]\n"
+        "mediapy.show_images([e['image'] for e in examples], titles=[e['caption'][:24] for e in examples], width=128)\n"
+        "videos = [shapes.video_example('train', i, 32, 16) for i in range(3)]\n"
+        "mediapy.show_videos([v['video'] for v in videos], titles=[v['caption'] for v in videos], width=160, fps=8)"),
+    new_markdown_cell("## Train\n\n`train_and_evaluate(config, workdir)` is what `python -m jzoo.train` "
+                      "runs. Each stage of a cascade trains into `workdir/<stage>/` and resumes from "
+                      "its latest checkpoint."),
+    new_code_cell(
+        "import tempfile\n"
+        "from jzoo import config as config_lib\n"
+        "from jzoo.training.loop import train_and_evaluate\n"
+        "from jzoo.training.metrics import read_metrics\n"
+        "workdir = tempfile.mkdtemp()\n"
+        "steps = 3 if FAST else 200\n"
+        "for stage in ('text_encoder', 'base'):\n"
+        "    config = config_lib.load('imagen:micro', [f'stage={stage}', f'train.steps={steps}',\n"
+        "                                              'train.log_every=1', f'train.checkpoint_every={steps}'])\n"
+        "    train_and_evaluate(config, workdir, progress=False)\n"
+        "    print(stage, [round(m['loss'], 4) for m in read_metrics(os.path.join(workdir, stage))][-3:])"),
+]
+
+nb = new_notebook(cells=cells, metadata={
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+    "colab": {"provenance": []},
+})
+os.makedirs(os.path.join(ROOT, "notebooks"), exist_ok=True)
+nbformat.write(nb, os.path.join(ROOT, "notebooks", "quickstart.ipynb"))
