@@ -144,7 +144,16 @@ def parameter_count(name):
 
 def random_params(model, stage, rng):
   """Freshly initialised parameters of a stage (smoke tests; no training)."""
+  return _jitted_init()(model, stage, rng)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init():
   import flax.linen as nn
   import jax.numpy as jnp
-  batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(model, stage).items()}
-  return nn.unbox(jax.jit(lambda r: model.init(stage, r, batch))(rng)["params"])
+
+  def init(model, stage, rng):
+    batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch(model, stage).items()}
+    return nn.unbox(model.init(stage, rng, batch)["params"])
+
+  return jax.jit(init, static_argnums=(0, 1))

@@ -8,6 +8,7 @@
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -143,7 +144,7 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
   options = model.default_request_options()
   steps = options["steps"] if steps is None else steps
   guidance = options["guidance"] if guidance is None else guidance
-  gen = jax.jit(model.generate)
+  gen = functools.partial(_jitted_generate(), model)
   key = jax.random.PRNGKey(seed)
 
   if story:
@@ -166,6 +167,14 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
     out = np.asarray(gen(params, request, jax.random.fold_in(key, b)))
     outputs.extend(out[:len(chunk)])
   return outputs
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_generate():
+  """One jitted generate for all models; the model is static (models hash by their config)."""
+  import jax
+  return jax.jit(lambda model, params, request, rng: model.generate(params, request, rng),
+                 static_argnums=0)
 
 
 @cli.main_guard

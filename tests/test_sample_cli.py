@@ -57,11 +57,10 @@ def test_num_makes_a_directory(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--model", "nosuch"], "unknown model 'nosuch'; choose one of: imagen-micro"),
     (MICRO + ["--prompt", "  "], "empty prompt"),
-    (MICRO + ["--prompt", "a small red circle " * 20], "tokens (with eos); this model takes at most"),
+    (MICRO + ["--prompt", "a small red circle " * 20], "tokens (with eos); this model takes at most 16"),
     (MICRO + ["--prompts-file", "/nonexistent/p.txt"], "prompts file '/nonexistent/p.txt' does not exist"),
     (MICRO + ["--steps", "0"], "--steps must be a positive integer"),
     (MICRO + ["--num", "-1"], "--num must be a positive integer"),
-    (MICRO + ["--out", "/proc/nope/x.png"], "cannot write to '/proc/nope'"),
     (["--model", "imagen-micro", "--checkpoint", "/nonexistent/ckpt"],
      "checkpoint directory '/nonexistent/ckpt' does not exist"),
     (["--model", "imagen-micro"], "has no bundled weights; pass --checkpoint DIR"),
@@ -74,6 +73,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
   assert len(lines) == 1, err
   assert message in lines[0]
   assert "Traceback" not in err
+
+
+def test_unwritable_output_path(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  code, _, err = run_main(MICRO + ["--out", str(blocker / "sub" / "x.png")], capsys)
+  assert code == 2 and "cannot write to" in err and str(blocker) in err
+  assert len(err.strip().splitlines()) == 1
 
 
 def test_corrupt_checkpoint_names_the_path(tmp_path, capsys):

@@ -71,6 +71,17 @@ class Model:
   def __init__(self, config):
     self.config = config
 
+  # Models compare equal when their configs do, so `jax.jit(..., static_argnums=model)` reuses
+  # compiled programs across instances built from the same config.
+  def _key(self):
+    return (type(self), self.config.to_json())
+
+  def __eq__(self, other):
+    return isinstance(other, Model) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
   # --- data ---------------------------------------------------------------
   def data_spec(self, stage) -> DataSpec:
     raise NotImplementedError
@@ -126,10 +137,7 @@ def check_prompts(prompts, max_tokens, tokenizer):
   for p in prompts:
     if not p or not p.strip():
       raise PromptError("empty prompt: pass a caption such as --prompt 'a small red circle in the center'")
-    n = len(tokenizer.encode_ids(p))
-    if n > max_tokens:
-      raise PromptError(f"prompt {p[:40]!r}... is {n} tokens, longer than the model's text length "
-                        f"{max_tokens}; shorten it")
+  tokenizer.encode_batch(prompts, max_tokens)  # raises PromptError for a prompt that is too long
 
 
 def count_params(tree) -> int:

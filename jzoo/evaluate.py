@@ -1,0 +1,187 @@
+"""python -m jzoo.evaluate: how well a model follows its captions on the shapes datasets.
+
+Generates one sample for each of the first N captions of a split of
+`shapes` (image models) or `moving_shapes` (video models), reads every sample
+with the alignment evaluator (jzoo/eval/alignment.py), and writes
+DIR/report.json, DIR/report.md and DIR/grid.png: accuracy overall, per
+attribute and per caption form, and Fréchet distances to the split's N real
+examples on the evaluator's features.
+
+  python -m jzoo.evaluate --model imagen-tiny-shapes --num 200
+  python -m jzoo.evaluate --model imagen-tiny-shapes --split compositional --out evals/comp
+  python -m jzoo.evaluate --model imagen-micro --random-weights --num 4 --json
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from jzoo import cli
+from jzoo import registry
+from jzoo.data import shapes
+from jzoo.errors import UserError
+
+SPLITS = ("test", "compositional")
+
+
+def build_parser():
+  p = argparse.ArgumentParser(prog="python -m jzoo.evaluate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default=registry.DEFAULT_MODEL, help="registered model name")
+  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train")
+  p.add_argument("--split", default="test", help=f"captions to evaluate on: {' or '.join(SPLITS)}")
+  p.add_argument("--num", type=int, default=64, help="number of captions (the split's first N)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+  p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+  p.add_argument("--batch-size", type=int, default=16, help="samples generated per device call")
+  p.add_argument("--out", default=None, help="report directory (default evals/MODEL-SPLIT-SEED)")
+  p.add_argument("--json", action="store_true", help="print the report (without samples) as one JSON object")
+  p.add_argument("--random-weights", action="store_true",
+                 help="smoke test: evaluate freshly initialised parameters")
+  return p
+
+
+def _check_request(split, num, dataset):
+  if split not in SPLITS:
+    raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+  limit = shapes.split_size(dataset, split)
+  if not isinstance(num, (int, np.integer)) or num <= 0:
+    raise UserError(f"--num must be a positive integer, got {num}")
+  if num > limit:
+    raise UserError(f"--num {num} is more than the {limit} examples of {dataset}/{split}")
+
+
+def _scene(dataset, split, index, output_shape):
+  if dataset == "moving_shapes":
+    frames, size = output_shape[0], output_shape[-1]
+    return shapes.video_scene(split, index, size, frames)
+  return shapes.image_scene(split, index, output_shape[-1])
+
+
+def _real(dataset, scene, shape):
+  if dataset == "moving_shapes":
+    return shapes.render_video(scene["objects"], shape[-2], shape[0])
+  return shapes.render_image(scene["objects"], shape[0])
+
+
+def _found(result):
+  """The detector's reading of a sample, JSON-ready."""
+  if "objects" in result:
+    return [dict(color=o["color"], shape=o["shape"], direction=o["direction"],
+                 displacement=[round(v, 2) for v in o["displacement"]]) for o in result["objects"]]
+  return [dict(color=d["color"], shape=d["shape"], size=d["size"], cell=list(d["cell"]),
+               center=[round(v, 2) for v in d["center"]]) for d in result["detections"]]
+
+
+def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
+             *, batch_size=16, name=None):
+  """Generates for the first `num` captions of `split`, scores them; returns the report dict.
+
+  model/params as from `jzoo.sample.load_model_and_params`. With `out_dir`,
+  also writes report.json, report.md and grid.png there (report["files"]).
+  """
+  from jzoo import sample
+  from jzoo.eval import alignment, frechet
+  from jzoo.eval import report as report_lib
+  from jzoo.models.base import TEXT_TO_VIDEO
+
+  video = model.task == TEXT_TO_VIDEO
+  dataset = "moving_shapes" if video else "shapes"
+  _check_request(split, num, dataset)
+  output_shape = tuple(int(v) for v in model.output_shape)
+  if output_shape[-1] != output_shape[-2]:
+    raise UserError(f"the shapes datasets are square; this model makes {output_shape} samples")
+  scenes = [_scene(dataset, split, i, output_shape) for i in range(num)]
+  captions = [s["caption"] for s in scenes]
+  outputs = sample.generate(model, params, captions, num=1, seed=seed, steps=steps, guidance=guidance,
+                            batch_size=batch_size, story=False)
+  outputs = [np.asarray(x) for x in outputs]
+  results = [alignment.score(x, c) for x, c in zip(outputs, captions)]
+  forms = [s["form"] for s in scenes]
+  summary = report_lib.summarize(results, forms)
+
+  # Fréchet distances against the split's real examples, rendered at the samples' shape.
+  real = [_real(dataset, s, outputs[0].shape[:-1]) for s in scenes]
+  fd = fvd = None
+  if num >= 2:
+    if video:
+      fd = frechet.frechet_distance(frechet.features([f for v in outputs for f in v]),
+                                    frechet.features([f for v in real for f in v]))
+      fvd = frechet.frechet_distance(frechet.features(outputs), frechet.features(real))
+    else:
+      fd = frechet.frechet_distance(frechet.features(outputs), frechet.features(real))
+
+  options = model.default_request_options()
+  report = dict(
+      model=name, task=model.task, dataset=dataset, split=split, num=num, seed=seed,
+      steps=options["steps"] if steps is None else steps,
+      guidance=options["guidance"] if guidance is None else guidance,
+      output_shape=list(outputs[0].shape[:-1]),
+      accuracy=summary["accuracy"], correct=summary["correct"], attributes=summary["attributes"],
+      forms=summary["forms"], frechet_distance=fd,
+  )
+  if video:
+    report["frechet_video_distance"] = fvd
+  report["evaluator"] = dict(
+      relation_tolerance=alignment.RELATION_TOLERANCE, min_travel=alignment.MIN_TRAVEL,
+      max_drift=alignment.MAX_DRIFT, min_area=alignment.MIN_AREA,
+      features=f"palette coverage on a {frechet.GRID}x{frechet.GRID} grid + detector counts"
+               + (" + motion" if video else ""))
+  report["samples"] = [dict(index=i, caption=c, form=f, correct=r["correct"], attributes=r["attributes"],
+                            found=_found(r))
+                       for i, (c, f, r) in enumerate(zip(captions, forms, results))]
+  if out_dir is not None:
+    report["files"] = report_lib.write(out_dir, report, outputs, results)
+  return report
+
+
+def headline(report):
+  """One line of the numbers that matter."""
+  attrs = " ".join(f"{k} {v:.2f}" for k, v in report["attributes"].items())
+  parts = [f"{report['model'] or 'model'} on {report['dataset']}/{report['split']} ({report['num']} samples): "
+           f"accuracy {report['accuracy']:.3f} ({report['correct']}/{report['num']})", attrs]
+  if report["frechet_distance"] is not None:
+    parts.append(f"FD {report['frechet_distance']:.3f}")
+    if report.get("frechet_video_distance") is not None:
+      parts.append(f"FVD {report['frechet_video_distance']:.3f}")
+  return " | ".join(parts)
+
+
+@cli.main_guard
+def main(argv=None):
+  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  registry.get_entry(args.model)  # unknown model: fail before any work
+  if args.split not in SPLITS:
+    raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
+  for flag in ("num", "steps", "batch_size"):
+    value = getattr(args, flag)
+    if value is not None and value <= 0:
+      raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+  if args.guidance is not None and not math.isfinite(args.guidance):
+    raise UserError(f"--guidance must be a finite number, got {args.guidance}")
+  out = args.out or os.path.join("evals", f"{args.model}-{args.split}-{args.seed}")
+  if os.path.isfile(out):
+    raise UserError(f"--out {out!r} is a file; give a directory for the report")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create --out {out!r} ({e.strerror}); choose a writable directory") from None
+  from jzoo import sample
+  model, params = sample.load_model_and_params(args)
+  report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
+                    batch_size=args.batch_size, name=args.model)
+  if args.json:
+    print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
+  else:
+    print(headline(report))
+    for path in report["files"].values():
+      print(path)
+
+
+if __name__ == "__main__":
+  main()
