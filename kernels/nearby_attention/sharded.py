@@ -1,0 +1,70 @@
+"""`nearby_attention` under `shard_map`: batch and heads sharded by logical axis rules.
+
+Modules name the axes of the attention tensors with logical names
+(`jzoo.parallel.rules`); the rules map them to mesh axes. Each device then
+runs the kernel on its own batch/head shard, with no communication. The grid
+axes (frames, height, width) and the head dim must stay unsharded: a window
+crossing a shard boundary would need a halo exchange, which this wrapper does
+not do.
+"""
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from jzoo.parallel import rules as rules_lib
+
+from . import api
+
+# Logical names of the axes of q, k, v and the output.
+LOGICAL_AXES = ("batch", "frames", "height", "width", "heads", "kv")
+
+
+def logical_to_spec(logical_axes, rules, mesh):
+  """PartitionSpec for `logical_axes` under `rules` (first match wins) on `mesh`.
+
+  Mesh axes the mesh lacks are dropped; a mesh axis may shard one dim only.
+  """
+  used, spec = set(), []
+  table = {}
+  for name, target in rules:
+    table.setdefault(name, target)
+  for name in logical_axes:
+    target = table.get(name) if name is not None else None
+    axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    axes = tuple(a for a in axes if a in mesh.axis_names)
+    if used & set(axes):
+      raise ValueError(f"mesh axes {sorted(used & set(axes))} shard two dims of {logical_axes}")
+    used |= set(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+def sharded_nearby_attention(q, k, v, *, mesh, radius, causal=False, impl="auto",
+                             logical_axes=LOGICAL_AXES, rules=None, interpret=None):
+  """`api.nearby_attention` inside `shard_map` over `mesh`.
+
+  Args:
+    q, k, v: global arrays [B, T, H, W, heads, D] (k, v may have another grid).
+    mesh: the jax.sharding.Mesh the model runs on.
+    radius, causal, impl, interpret: as in `api.nearby_attention`; "auto"
+      picks the kernel for the mesh's platform (so AOT tracing for a TPU
+      topology on a CPU host gets the TPU kernel).
+    logical_axes: logical names of the six axes.
+    rules: (logical name, mesh axes) pairs; default `jzoo.parallel.rules.DEFAULT_RULES`.
+  """
+  rules = rules_lib.DEFAULT_RULES if rules is None else rules
+  spec = logical_to_spec(logical_axes, rules, mesh)
+  sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+  for dim in (1, 2, 3, 5):
+    axes = spec[dim] if isinstance(spec[dim], tuple) else (spec[dim],)
+    if any(a is not None and sizes[a] > 1 for a in axes):
+      raise ValueError(f"nearby attention cannot shard axis {logical_axes[dim]!r} (spec {spec}); "
+                       "map it to None in the axis rules or shard batch/heads instead")
+  platform = mesh.devices.flat[0].platform
+
+  def per_shard(q, k, v):
+    return api.nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl,
+                                interpret=interpret, platform=platform)
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
