@@ -48,6 +48,15 @@ def load(spec, overrides=()):
   except (KeyError, ValueError) as e:
     raise ConfigError(f"config {ref!r} has no variant {variant!r}: {e}") from None
   config = ml_collections.ConfigDict(config)
+  # `--config.stage=X` rebuilds the config as VARIANT,stage=X where the config file supports it,
+  # so that stage-specific defaults (steps, batch size, learning rate) apply under the overrides.
+  stages = [o.partition("=")[2] for o in overrides if o.startswith("stage=")]
+  if stages and "stage=" not in variant:
+    base = variant or config.get("variant", "")
+    try:
+      config = ml_collections.ConfigDict(module.get_config(f"{base},stage={stages[-1]}"))
+    except (KeyError, ValueError) as e:
+      raise ConfigError(f"config {ref!r}: {e}") from None
   with config.unlocked():
     config.config_ref = f"{ref}:{variant}" if variant else ref
   apply_overrides(config, overrides)

@@ -12,6 +12,7 @@ does not fit gets the smallest change that does.
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from jzoo import cli
@@ -60,6 +61,8 @@ def _topology(name):
   if chip not in CHIPS or ":" not in name:
     raise UserError(f"unknown topology {name!r}; write CHIP:SHAPE with CHIP one of {sorted(CHIPS)}, "
                     "e.g. v5e:16x16 or v5p:4x4x8")
+  # Another process holding libtpu's lock file must not stop an ahead-of-time compile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(topology_name=name, platform="tpu")

@@ -13,7 +13,7 @@ def _is_multihost_launch():
   if os.environ.get("JZOO_DISTRIBUTED", "").lower() in ("1", "true"):
     return True
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if "," in hosts:
+  if "," in hosts and " " not in hosts:  # libtpu puts a warning sentence here off-TPU
     return True
   nodes = os.environ.get("SLURM_JOB_NUM_NODES")
   if nodes and int(nodes) > 1:
