@@ -100,15 +100,13 @@ def _check_writable(folder):
 
 def load_model_and_params(args):
   import jax
-  from jzoo.training import checkpoint
   entry = registry.get_entry(args.model)
   if args.checkpoint is not None:
     if not os.path.isdir(args.checkpoint):
       raise CheckpointError(f"checkpoint directory {args.checkpoint!r} does not exist")
     config = _checkpoint_config(args.checkpoint) or registry.load_config(entry.name)
     model = registry.build_model(config)
-    params = {s: checkpoint.load_params(args.checkpoint, s) for s in model.stages}
-    return model, params
+    return model, load_checkpoint_params(model, args.checkpoint)
   config = registry.load_config(entry.name)
   model = registry.build_model(config)
   if args.random_weights:
@@ -119,6 +117,25 @@ def load_model_and_params(args):
                           f"(train with python -m jzoo.train --config {entry.config} --workdir DIR) "
                           "or --random-weights for a smoke test")
   return model, registry.load_bundled_params(entry.name, model)
+
+
+def load_checkpoint_params(model, model_dir):
+  """Every stage's EMA params from `model_dir`. A stage without a checkpoint there (a frozen text
+  encoder imported from public weights) comes from the model's own `load_frozen`."""
+  from jzoo.training import checkpoint
+  params = {}
+  for stage in model.stages:
+    try:
+      params[stage] = checkpoint.load_params(model_dir, stage)
+    except CheckpointError as missing:
+      users = [s for s in model.stages if stage in model.frozen_stages(s)]
+      if not users:
+        raise
+      frozen = model.load_frozen(users[0], model_dir)
+      if stage not in frozen:
+        raise missing from None
+      params[stage] = frozen[stage]
+  return params
 
 
 def _checkpoint_config(model_dir):

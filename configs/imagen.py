@@ -1,0 +1,181 @@
+"""Imagen: frozen T5 encoder + cascade of text-conditioned diffusion U-Nets (Saharia et al. 2022).
+
+  configs/imagen.py:micro        tests and smoke runs: 16x16 base + 16->32 SR, seconds on a CPU
+  configs/imagen.py:tiny_shapes  the bundled imagen-tiny-shapes: 32x32 base + 32->64 SR on `shapes`
+  configs/imagen.py:paper        T5-XXL, 64x64 base (~2B), 64->256 SR (~600M), 256->1024 SR (~400M)
+
+The argument may name a stage, `tiny_shapes,stage=sr`, which sets `config.stage`
+and that stage's training defaults (`config.stages.<stage>.train`, or
+`config.text_encoder.train`) into `config.train` / `config.optim`. Stages are
+trained in order: text_encoder (skipped when `text_encoder.weights` names
+public T5 weights), then each stage of `config.cascade`.
+"""
+
+import ml_collections
+
+from jzoo.configs._common import base_config
+
+VARIANTS = ("micro", "tiny_shapes", "paper")
+
+
+def _train(steps, batch_size, lr, warmup=100):
+  return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, lr=lr,
+                                        warmup_steps=warmup))
+
+
+def _unet_stage(resolution, channels, channel_mult, num_res_blocks, self_attention,
+                cross_attention, train, **overrides):
+  s = ml_collections.ConfigDict(dict(
+      resolution=resolution,
+      # U-Net (jzoo.nn.unet): level i has channels * channel_mult[i] channels.
+      layout="efficient",    # efficient (Imagen's Efficient U-Net) | adm (improved-DDPM U-Net)
+      channels=channels,
+      channel_mult=tuple(channel_mult),
+      num_res_blocks=tuple(num_res_blocks),
+      self_attention=tuple(self_attention),
+      cross_attention=tuple(cross_attention),
+      head_dim=64,
+      text_dim=512,          # width of the projected text tokens (keys/values of cross-attention)
+      emb_dim=0,             # conditioning embedding width; 0 = 4 * channels
+      dropout=0.0,
+      norm_groups=32,
+      mid_block=True,
+      # Diffusion.
+      schedule="cosine",     # cosine | linear (continuous time, log-SNR form)
+      logsnr_min=-20.0,
+      logsnr_max=20.0,
+      schedule_shift=0.0,    # added to the log-SNR
+      parameterization="v",  # eps | v | x0
+      loss_weighting="uniform",  # uniform | min_snr
+      min_snr_gamma=5.0,
+      text_drop=0.1,         # classifier-free guidance: fraction of captions dropped in training
+      noise_aug_max=0.0,     # SR stages: training augmentation level ~ U(0, noise_aug_max)
+      train=train,
+  ))
+  s.update(overrides)
+  return s
+
+
+def _text_encoder(**kw):
+  te = ml_collections.ConfigDict(dict(
+      preset="",                 # a jzoo.text.t5.T5_PRESETS name; the keys below override it
+      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      feed_forward="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+      weights="",                # public T5 weights: model.safetensors (file/dir) or t5x checkpoint
+      # Masked-token pretraining of a small encoder (the `text_encoder` stage).
+      mlm_probability=0.3,       # fraction of caption tokens replaced by the sentinel (last id)
+      mlm_copy_weight=0.1,       # loss weight of the visible tokens
+      resolution=16,             # images are rendered but unused while pretraining the encoder
+      train=_train(2000, 64, 1e-3),
+  ))
+  te.update(kw)
+  return te
+
+
+def _sample(**kw):
+  s = ml_collections.ConfigDict(dict(
+      steps=20, guidance=3.0,    # CLI defaults (traced: changing them does not recompile)
+      sampler="dpm++2m",         # ddpm | ddim | dpm++2m
+      eta=0.0,                   # ddim only
+      thresholding="dynamic",    # none | static | dynamic
+      percentile=0.995,          # dynamic thresholding
+      sr_noise_aug=0.2,          # SR noise conditioning augmentation level at sampling
+      sr_steps=0,                # SR stages' steps; 0 = the same as `steps`
+      sr_guidance=-1.0,          # SR guidance; < 0: the same as `guidance`; 1.0: no uncond pass
+  ))
+  s.update(kw)
+  return s
+
+
+def get_config(arg=None):
+  variant, _, rest = (arg or "tiny_shapes").partition(",")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown imagen variant {variant!r}; choose one of {VARIANTS}")
+  c = base_config("imagen", "base")
+  c.variant = variant
+  c.sample = _sample()
+  c.cascade = ("base", "sr")
+
+  if variant == "micro":
+    c.text.length = 16
+    c.text_encoder = _text_encoder(vocab_size=704, d_model=32, d_kv=16, d_ff=64, num_heads=2,
+                                   num_layers=1, relative_attention_num_buckets=8,
+                                   relative_attention_max_distance=16, train=_train(20, 8, 1e-3, 2))
+    small = dict(head_dim=16, text_dim=32, norm_groups=8)
+    c.stages = ml_collections.ConfigDict(dict(
+        base=_unet_stage(16, 16, (1, 2), (1, 1), (False, True), (False, True),
+                         _train(20, 8, 1e-3, 2), **small),
+        sr=_unet_stage(32, 16, (1, 2), (1, 1), (False, False), (False, True),
+                       _train(20, 8, 1e-3, 2), noise_aug_max=0.5, **small),
+    ))
+    c.sample = _sample(steps=4, guidance=3.0)
+    c.train.steps, c.train.batch_size = 20, 8
+    c.train.log_every, c.train.checkpoint_every = 5, 10
+    c.optim.warmup_steps = 2
+
+  elif variant == "tiny_shapes":
+    # Sized for a 2-core CPU (measured on the shared dev machine, idle .. busy): text_encoder
+    # 1500 steps in 1-3 min, base 4000 steps in 30-50 min, sr 2000 steps in 9-15 min; 16 samples
+    # at 64x64 with these sampler defaults in 3-4.5 s after compile.
+    # The Efficient U-Net idea taken to the extreme: few channels at full resolution, the width
+    # and the attention at 8x8 (base) / 16x16 (sr).
+    c.text.length = 24
+    c.text_encoder = _text_encoder(vocab_size=704, d_model=128, d_kv=32, d_ff=256, num_heads=4,
+                                   num_layers=3, relative_attention_num_buckets=16,
+                                   relative_attention_max_distance=32,
+                                   train=_train(1500, 64, 1e-3, 100))
+    c.stages = ml_collections.ConfigDict(dict(
+        base=_unet_stage(32, 32, (1, 2, 4), (1, 2, 2), (False, False, True), (False, True, True),
+                         _train(4000, 32, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8),
+        sr=_unet_stage(64, 16, (1, 2, 4), (1, 1, 2), (False, False, False), (False, False, True),
+                       _train(2000, 16, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8,
+                       noise_aug_max=0.5),
+    ))
+    # The SR stage is nearly deterministic on `shapes`: few steps and no unconditional pass.
+    c.sample = _sample(steps=20, guidance=3.0, sr_steps=8, sr_guidance=1.0)
+
+  else:  # paper
+    # Saharia et al. 2022, section 4.1 and appendix F: frozen T5-XXL (4.6B), 128 text tokens; a 2B
+    # 64x64 base model (the improved-DDPM U-Net: 512 channels, multipliers 1-2-3-4, 3 blocks per
+    # level, attention with 64-channel heads and text cross-attention at 32, 16 and 8); Efficient
+    # U-Nets for 64->256 (600M) and 256->1024 (400M, no self-attention: trained on crops). The
+    # Efficient U-Nets' widths and depths are the paper's (128-256-512-1024, 2-4-8-8 blocks); the
+    # conditioning width (sr256) and the last level's depth (sr1024) are set so that the
+    # abstract parameter counts land within 10% of the stated sizes: base 2.12B, sr256 614M,
+    # sr1024 378M (tests/test_imagen.py checks them).
+    c.text.length = 128
+    c.text.tokenizer = "spiece.model"  # T5's sentencepiece model, a path the user provides
+    c.text_encoder = _text_encoder(preset="t5-v1_1-xxl", vocab_size=32128, d_model=4096, d_kv=64,
+                                   d_ff=10240, num_heads=64, num_layers=24)
+    c.train.dtype = "bfloat16"
+    c.train.remat = "full"
+    c.train.batch_size = 2048
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 10000
+    c.cascade = ("base", "sr256", "sr1024")
+    paper_train = _train(2_500_000, 2048, 1e-4, 10000)
+    c.stages = ml_collections.ConfigDict(dict(
+        base=_unet_stage(64, 512, (1, 2, 3, 4), (3, 3, 3, 3), (False, True, True, True),
+                         (False, True, True, True), paper_train, layout="adm"),
+        sr256=_unet_stage(256, 128, (1, 2, 4, 8), (2, 4, 8, 8), (False, False, False, True),
+                          (False, False, False, True), paper_train, text_dim=1024, emb_dim=2048,
+                          noise_aug_max=0.5),
+        sr1024=_unet_stage(1024, 128, (1, 2, 4, 8), (2, 4, 8, 6), (False,) * 4,
+                           (False, False, False, True), paper_train, text_dim=1024,
+                           mid_block=False, noise_aug_max=0.5),
+    ))
+    c.sample = _sample(steps=256, guidance=7.0, sampler="ddpm")
+
+  if rest:
+    key, eq, stage = rest.partition("=")
+    if key != "stage" or not eq:
+      raise ValueError(f"bad imagen config argument {arg!r}; use VARIANT or VARIANT,stage=NAME")
+    stages = ("text_encoder",) + tuple(c.cascade)
+    if stage not in stages:
+      raise ValueError(f"unknown stage {stage!r}; choose one of {stages}")
+    c.stage = stage
+    t = c.text_encoder.train if stage == "text_encoder" else c.stages[stage].train
+    c.train.steps, c.train.batch_size = t.steps, t.batch_size
+    c.optim.lr, c.optim.warmup_steps = t.lr, t.warmup_steps
+  return c

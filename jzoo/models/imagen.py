@@ -1,0 +1,287 @@
+"""Imagen (Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models with Deep
+Language Understanding"): a frozen T5 text encoder and a cascade of diffusion models.
+
+Architecture (section 2 of the paper):
+  * Text: a frozen T5 encoder turns the caption into a sequence of embeddings.
+    Public T5 weights are imported from `config.text_encoder.weights`
+    (Hugging Face safetensors or a t5x checkpoint); without them, the
+    `text_encoder` stage pretrains a small T5 encoder on the captions with a
+    masked-token objective (tied output head). Either way it is frozen for
+    the diffusion stages: no gradients, no optimizer state.
+  * Base model: a text-conditional diffusion U-Net at low resolution
+    (64x64 in the paper), conditioned on the pooled text embedding (added to
+    the timestep embedding) and on the text tokens through cross-attention.
+  * Super-resolution models: Efficient U-Nets that take the upsampled output
+    of the previous stage, corrupted by noise conditioning augmentation (a
+    random level in training, `config.sample.sr_noise_aug` at sampling), and
+    the augmentation level as an extra input.
+  * Classifier-free guidance: the text is dropped for 10% of training
+    examples; sampling extrapolates from the unconditional to the conditional
+    prediction with weight w, and dynamic thresholding keeps x0 in range.
+
+Stages, trained independently (`--config.stage=...`): "text_encoder", then
+`config.cascade` (e.g. "base", "sr"). Everything in `generate` runs in one jit.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jzoo.diffusion import guidance as guidance_lib
+from jzoo.diffusion import losses
+from jzoo.diffusion import parameterization as param_lib
+from jzoo.diffusion import samplers
+from jzoo.diffusion import schedules
+from jzoo.errors import CheckpointError, ConfigError
+from jzoo.models.base import TEXT_TO_IMAGE, DataSpec, Model, Request, to_uint8
+from jzoo.nn import layers
+from jzoo.nn.unet import EfficientUNet
+from jzoo.text.t5 import T5Encoder, t5_config_from_ml_collections
+
+TEXT_ENCODER = "text_encoder"
+
+# Noise conditioning augmentation corrupts the low-resolution input along a fixed cosine schedule;
+# the level is the time t in [0, 1] of that schedule.
+AUG_SCHEDULE = schedules.Schedule("cosine")
+
+
+class Imagen(Model):
+  task = TEXT_TO_IMAGE
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.cascade = tuple(config.cascade)
+    if not self.cascade:
+      raise ConfigError("config.cascade is empty; name at least a base stage, e.g. ('base', 'sr')")
+    for name in self.cascade:
+      if name not in config.stages:
+        raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
+    self.stages = (TEXT_ENCODER,) + self.cascade
+    self.dtype = layers.dtype_of(config.train.dtype)
+    self.t5_config = t5_config_from_ml_collections(
+        dict(config.text_encoder.to_dict(), dtype=str(config.train.dtype)))
+    self.text_encoder = T5Encoder(self.t5_config)
+    self.unets = {name: self._unet(name, i > 0) for i, name in enumerate(self.cascade)}
+    for i, name in enumerate(self.cascade[1:], 1):
+      low, high = self._stage(self.cascade[i - 1]).resolution, self._stage(name).resolution
+      if high % low:
+        raise ConfigError(f"stage {name!r} resolution {high} is not a multiple of the previous "
+                          f"stage's {low}")
+    for name in self.cascade:
+      param_lib.check(self._stage(name).parameterization)
+      schedules.from_config(self._stage(name))
+
+  # --- configuration -------------------------------------------------------
+  def _stage(self, name):
+    return self.config.stages[name]
+
+  def _unet(self, name, super_resolution):
+    s = self._stage(name)
+    return EfficientUNet(
+        channels=s.channels, channel_mult=tuple(s.channel_mult),
+        num_res_blocks=tuple(s.num_res_blocks), self_attention=tuple(s.self_attention),
+        cross_attention=tuple(s.cross_attention), head_dim=s.head_dim, text_dim=s.text_dim,
+        emb_dim=s.emb_dim, dropout=s.dropout, norm_groups=s.norm_groups, mid_block=s.mid_block,
+        super_resolution=super_resolution, layout=s.layout, remat=str(self.config.train.remat),
+        dtype=self.dtype)
+
+  def _check_stage(self, stage):
+    if stage not in self.stages:
+      raise ConfigError(f"Imagen has no stage {stage!r}; choose one of {list(self.stages)}")
+
+  def data_spec(self, stage) -> DataSpec:
+    self._check_stage(stage)
+    if stage == TEXT_ENCODER:  # only captions matter; the smallest canvas keeps rendering cheap
+      resolution = int(self.config.text_encoder.resolution)
+    else:
+      resolution = int(self._stage(stage).resolution)
+    return DataSpec("shapes", resolution, None, self.text_length)
+
+  @property
+  def output_shape(self):
+    r = int(self._stage(self.cascade[-1]).resolution)
+    return (r, r)
+
+  def frozen_stages(self, stage):
+    self._check_stage(stage)
+    return () if stage == TEXT_ENCODER else (TEXT_ENCODER,)
+
+  def load_frozen(self, stage, model_dir):
+    """The frozen T5: imported from `config.text_encoder.weights` if set, else the trained stage."""
+    if not self.frozen_stages(stage) or not self.config.text_encoder.weights:
+      return super().load_frozen(stage, model_dir)
+    return {TEXT_ENCODER: self.import_text_encoder(self.config.text_encoder.weights)}
+
+  def import_text_encoder(self, path):
+    """T5 encoder params from a Hugging Face safetensors file/dir or a t5x checkpoint dir."""
+    from jzoo.text import t5_import
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+      raise CheckpointError(f"text encoder weights {path!r} do not exist; set "
+                            "--config.text_encoder.weights to a model.safetensors file or folder, "
+                            "or to a t5x checkpoint folder")
+    is_hf = path.endswith(".safetensors") or path.endswith(".json") or (
+        os.path.isdir(path) and any(f.startswith("model.safetensors") for f in os.listdir(path)))
+    if not is_hf:
+      return t5_import.load_t5x_checkpoint(path, self.t5_config)
+    loaded, params = t5_import.load_hf_safetensors(path)
+    for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers",
+                  "relative_attention_num_buckets", "feed_forward"):
+      if getattr(loaded, field) != getattr(self.t5_config, field):
+        raise ConfigError(
+            f"text encoder weights {path!r} have {field}={getattr(loaded, field)} but the config "
+            f"says {getattr(self.t5_config, field)}; set --config.text_encoder.preset (e.g. "
+            "t5-v1_1-xxl) or the text_encoder keys to match the checkpoint")
+    return params
+
+  # --- text ----------------------------------------------------------------
+  def encode_text(self, params, tokens, mask):
+    """Frozen T5 embeddings [B, L, d_model] (no gradient reaches the encoder)."""
+    emb = self.text_encoder.apply({"params": params}, tokens, mask)
+    return jax.lax.stop_gradient(emb)
+
+  # --- training ------------------------------------------------------------
+  def init(self, stage, rng, batch):
+    self._check_stage(stage)
+    tokens, mask = batch["tokens"], batch["mask"]
+    if stage == TEXT_ENCODER:
+      return self.text_encoder.init(rng, tokens, mask)
+    x = batch["image"]
+    b = x.shape[0]
+    text = jnp.zeros((b, tokens.shape[1], self.t5_config.d_model), self.dtype)
+    logsnr = jnp.zeros((b,), jnp.float32)
+    if self.cascade.index(stage) == 0:
+      return self.unets[stage].init(rng, x, logsnr, text, mask)
+    return self.unets[stage].init(rng, x, logsnr, text, mask, low_res=x, aug_logsnr=logsnr)
+
+  def loss(self, stage, params, batch, rng, frozen):
+    self._check_stage(stage)
+    if stage == TEXT_ENCODER:
+      return self._text_encoder_loss(params, batch, rng)
+    s = self._stage(stage)
+    drop_rng, aug_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 4)
+    text = self.encode_text(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+    mask = guidance_lib.drop_condition(drop_rng, batch["mask"], float(s.text_drop))
+    x = batch["image"].astype(jnp.float32)
+    cond = {}
+    if self.cascade.index(stage) > 0:
+      cond = self._low_res_condition(stage, x, aug_rng)
+    unet = self.unets[stage]
+
+    def apply_fn(z, logsnr):
+      return unet.apply({"params": params}, z, logsnr, text, mask, deterministic=False,
+                        rngs={"dropout": dropout_rng}, **cond)
+
+    per_example, logsnr = losses.diffusion_loss(
+        apply_fn, x, diffusion_rng, schedule=schedules.from_config(s), kind=s.parameterization,
+        weighting=s.loss_weighting, gamma=float(s.min_snr_gamma))
+    loss = jnp.mean(per_example)
+    high_noise = logsnr < 0
+    metrics = {
+        "mse": loss,
+        "mse_high_noise": jnp.sum(per_example * high_noise) / jnp.maximum(jnp.sum(high_noise), 1),
+        "mse_low_noise": jnp.sum(per_example * ~high_noise) / jnp.maximum(jnp.sum(~high_noise), 1),
+    }
+    return loss, metrics
+
+  def _low_res_condition(self, stage, x, rng):
+    """The SR input in training: the image itself, downsampled, upsampled back, noise-augmented."""
+    prev = self.cascade[self.cascade.index(stage) - 1]
+    factor = int(self._stage(stage).resolution) // int(self._stage(prev).resolution)
+    low = layers.downsample_area(x, factor)
+    level_rng, noise_rng = jax.random.split(rng)
+    level = jax.random.uniform(level_rng, (x.shape[0],), jnp.float32, 0.0,
+                               float(self._stage(stage).noise_aug_max))
+    return self._augment(low, x.shape[1:3], level, noise_rng)
+
+  def _augment(self, low, size, level, rng):
+    up = jnp.clip(layers.resize(low, size), -1.0, 1.0)
+    aug_logsnr = AUG_SCHEDULE.logsnr(level)
+    alpha, sigma = (param_lib.broadcast_to(a, up) for a in schedules.alpha_sigma(aug_logsnr))
+    noisy = alpha * up + sigma * jax.random.normal(rng, up.shape, jnp.float32)
+    return {"low_res": noisy, "aug_logsnr": aug_logsnr}
+
+  def _text_encoder_loss(self, params, batch, rng):
+    """Masked-token pretraining: predict the caption's tokens from a copy with some replaced by a
+    sentinel id (the last of the vocabulary), through the tied embedding head."""
+    if self.config.text_encoder.weights:
+      raise ConfigError("config.text_encoder.weights is set, so the text encoder is imported and "
+                        "frozen; train the diffusion stages instead (--config.stage=" +
+                        self.cascade[0] + ")")
+    te = self.config.text_encoder
+    tokens, mask = batch["tokens"], batch["mask"]
+    select_rng, dropout_rng = jax.random.split(rng)
+    real = mask > 0
+    selected = jax.random.bernoulli(select_rng, float(te.mlm_probability), tokens.shape) & real
+    inputs = jnp.where(selected, self.t5_config.vocab_size - 1, tokens)
+    logits = self.text_encoder.apply({"params": params}, inputs, mask, deterministic=False,
+                                     rngs={"dropout": dropout_rng}, method=T5Encoder.mlm_logits)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    # Masked positions carry the objective; copying the visible tokens (small weight) keeps every
+    # output position tied to its own token, which is what the diffusion models read.
+    weights = selected + float(te.mlm_copy_weight) * (real & ~selected)
+    loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    correct = (jnp.argmax(logits, -1) == tokens)
+    n_sel = jnp.maximum(jnp.sum(selected), 1)
+    return loss, {"mlm_loss": jnp.sum(ce * selected) / n_sel,
+                  "mlm_accuracy": jnp.sum(correct * selected) / n_sel}
+
+  # --- sampling ------------------------------------------------------------
+  def default_request_options(self):
+    return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
+
+  def generate(self, params, request: Request, rng):
+    """uint8 [B, H, W, 3] at the last stage's resolution. Jittable; steps/guidance may be traced."""
+    return to_uint8(self.generate_stages(params, request, rng)[-1])
+
+  def generate_stages(self, params, request: Request, rng):
+    """The output of every stage of the cascade, as float images in [-1, 1], lowest first."""
+    sample_cfg = self.config.sample
+    steps = sample_cfg.steps if request.steps is None else request.steps
+    guidance = sample_cfg.guidance if request.guidance is None else request.guidance
+    extra = request.extra or {}
+    sr_steps = extra.get("sr_steps", sample_cfg.sr_steps or steps)
+    sr_aug = extra.get("sr_noise_aug", sample_cfg.sr_noise_aug)
+    sr_guidance = guidance if sample_cfg.sr_guidance < 0 else sample_cfg.sr_guidance
+
+    tokens, mask = request.tokens, request.mask
+    text = self.encode_text(params[TEXT_ENCODER], tokens, mask)
+    b = tokens.shape[0]
+    outputs = []
+    for i, name in enumerate(self.cascade):
+      stage_rng = jax.random.fold_in(rng, i)
+      noise_rng, sample_rng, aug_rng = jax.random.split(stage_rng, 3)
+      r = int(self._stage(name).resolution)
+      cond = {"text": text, "mask": mask}
+      if i == 0:
+        stage_steps, stage_guidance, unguided = steps, guidance, False
+      else:
+        level = jnp.full((b,), sr_aug, jnp.float32)
+        cond.update(self._augment(outputs[-1], (r, r), level, aug_rng))
+        stage_steps, stage_guidance = sr_steps, sr_guidance
+        unguided = sample_cfg.sr_guidance == 1.0  # static: skip the unconditional pass entirely
+      x = self._sample_stage(name, params[name], cond, stage_steps, stage_guidance, unguided,
+                             jax.random.normal(noise_rng, (b, r, r, 3), jnp.float32), sample_rng)
+      outputs.append(jnp.clip(x, -1.0, 1.0))
+    return outputs
+
+  def _sample_stage(self, name, params, cond, steps, guidance, unguided, noise, rng):
+    s, sample_cfg = self._stage(name), self.config.sample
+    unet = self.unets[name]
+
+    def apply_fn(z, logsnr, c):
+      extra = {k: c[k] for k in ("low_res", "aug_logsnr") if k in c}
+      return unet.apply({"params": params}, z, logsnr, c["text"], c["mask"], **extra)
+
+    uncond = None if unguided else dict(cond, mask=jnp.zeros_like(cond["mask"]))
+    denoise = guidance_lib.make_denoiser(
+        apply_fn, kind=s.parameterization, cond=cond, uncond=uncond, guidance=guidance,
+        thresholding=sample_cfg.thresholding, percentile=float(sample_cfg.percentile))
+    return samplers.sample(denoise, noise, rng, schedule=schedules.from_config(s), steps=steps,
+                           sampler=sample_cfg.sampler, eta=float(sample_cfg.eta))
+
+
+def build(config):
+  return Imagen(config)

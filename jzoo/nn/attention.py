@@ -1,0 +1,112 @@
+"""Multi-head attention for image feature maps: self-attention and masked cross-attention to text.
+
+Attention tensors are [B, length, heads, head_dim]; logits and softmax run in
+float32 whatever the compute dtype.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jzoo.nn import layers
+
+_MASKED = -1e10  # finite, so a fully masked row stays finite (it never happens here: see `null`)
+
+
+def dot_product_attention(q, k, v, mask=None):
+  """softmax(q k^T / sqrt(d)) v. q [B,Q,H,D], k/v [B,K,H,D], mask broadcastable to [B,H,Q,K]."""
+  scale = 1.0 / np.sqrt(q.shape[-1]).astype(np.float32)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASKED)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class HeadsProjection(nn.Module):
+  """[..., in] -> [..., heads, head_dim] with a [in, heads, head_dim] kernel (no bias)."""
+  heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+                        (x.shape[-1], self.heads, self.head_dim), jnp.float32)
+    return jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class OutProjection(nn.Module):
+  """[..., heads, head_dim] -> [..., features]; zero-initialised: a new block starts as identity."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, y):
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.zeros, ("heads", "kv", "embed")), (*y.shape[-2:], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (self.features,), jnp.float32)
+    out = jnp.einsum("...hd,hde->...e", y, kernel.astype(self.dtype))
+    return out + bias.astype(self.dtype)
+
+
+def _heads(channels, head_dim):
+  if channels % head_dim:
+    raise ValueError(f"{channels} channels do not split into heads of {head_dim}")
+  return channels // head_dim
+
+
+class SelfAttentionBlock(nn.Module):
+  """x + Attention(GroupNorm(x)) over the H*W positions of a [B, H, W, C] map."""
+  head_dim: int = 64
+  norm_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    heads = _heads(c, self.head_dim)
+    y = layers.GroupNorm(self.norm_groups, self.dtype, name="norm")(x).reshape(b, h * w, c)
+    q = HeadsProjection(heads, self.head_dim, self.dtype, name="query")(y)
+    k = HeadsProjection(heads, self.head_dim, self.dtype, name="key")(y)
+    v = HeadsProjection(heads, self.head_dim, self.dtype, name="value")(y)
+    q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
+    y = OutProjection(c, self.dtype, name="out")(dot_product_attention(q, k, v))
+    return x + y.reshape(b, h, w, c).astype(x.dtype)
+
+
+class CrossAttentionBlock(nn.Module):
+  """x + Attention(GroupNorm(x) -> text tokens). Padded tokens are masked out.
+
+  A learned null key/value is always attendable, so a caption with every token
+  masked (classifier-free guidance's unconditional pass) is well defined and
+  means "no text".
+  """
+  head_dim: int = 64
+  norm_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, context_mask):
+    b, h, w, c = x.shape
+    heads = _heads(c, self.head_dim)
+    y = layers.GroupNorm(self.norm_groups, self.dtype, name="norm")(x).reshape(b, h * w, c)
+    q = HeadsProjection(heads, self.head_dim, self.dtype, name="query")(y)
+    k = HeadsProjection(heads, self.head_dim, self.dtype, name="key")(context)
+    v = HeadsProjection(heads, self.head_dim, self.dtype, name="value")(context)
+    null_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "kv"))
+    null_k = self.param("null_key", null_init, (heads, self.head_dim), jnp.float32)
+    null_v = self.param("null_value", null_init, (heads, self.head_dim), jnp.float32)
+    null_shape = (b, 1, heads, self.head_dim)
+    k = jnp.concatenate([jnp.broadcast_to(null_k.astype(k.dtype), null_shape), k], axis=1)
+    v = jnp.concatenate([jnp.broadcast_to(null_v.astype(v.dtype), null_shape), v], axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool), context_mask > 0], axis=1)
+    y = dot_product_attention(q, k, v, mask[:, None, None, :])
+    y = OutProjection(c, self.dtype, name="out")(y)
+    return x + y.reshape(b, h, w, c).astype(x.dtype)

@@ -1,0 +1,117 @@
+"""Convolutions, dense layers and norms whose parameters carry logical axis names.
+
+Thin factories over `flax.linen` layers: parameters are float32, compute runs
+in `dtype`, and every kernel, bias and scale is wrapped in
+`nn.with_logical_partitioning` with names from `jzoo.parallel.rules`.
+"""
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONV_AXES = (None, None, "conv_in", "conv_out")
+BHWC = ("batch", "height", "width", "embed")
+
+
+def _scaled(init, scale):
+  if scale == 1.0:
+    return init
+  return lambda *a, **k: init(*a, **k) * scale
+
+
+def conv(features, kernel_size=3, strides=1, *, dtype=jnp.float32, init_scale=1.0,
+         out_axis: Optional[str] = "conv_out", name=None):
+  """A 'SAME' 2-D convolution. `init_scale=0` gives a zero-initialised (identity-residual) conv.
+
+  `out_axis=None` for tiny output widths (RGB) that no mesh axis divides."""
+  k = (kernel_size, kernel_size)
+  s = (strides, strides)
+  init = nn.initializers.zeros if init_scale == 0 else _scaled(
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), init_scale)
+  return nn.Conv(features, k, s, padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.with_logical_partitioning(init, (None, None, "conv_in", out_axis)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_axis,)),
+                 name=name)
+
+
+def dense(features, axes=("embed", "mlp"), *, dtype=jnp.float32, init_scale=1.0, use_bias=True,
+          name=None):
+  """A dense layer with a [in, out] kernel named `axes` and an `axes[1]` bias."""
+  init = nn.initializers.zeros if init_scale == 0 else _scaled(
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), init_scale)
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.with_logical_partitioning(init, axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+                  name=name)
+
+
+def num_groups(channels, groups):
+  """The largest group count <= `groups` that divides `channels`."""
+  return math.gcd(channels, groups)
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm with statistics in float32; returns `dtype`."""
+  groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.GroupNorm(num_groups=num_groups(x.shape[-1], self.groups), epsilon=1e-5,
+                     dtype=jnp.float32, param_dtype=jnp.float32,
+                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))(
+                         x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with statistics in float32; returns `dtype`."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
+                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))(
+                         x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+def constrain_image(x):
+  """Logical sharding constraint on a [B, H, W, C] activation (a no-op without a mesh)."""
+  return nn.with_logical_constraint(x, BHWC)
+
+
+def upsample_nearest(x, factor=2):
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+  return x.reshape(b, h * factor, w * factor, c)
+
+
+def downsample_area(x, factor):
+  """Box-filter downsampling by an integer factor (the average over each factor x factor patch)."""
+  if factor == 1:
+    return x
+  b, h, w, c = x.shape
+  if h % factor or w % factor:
+    raise ValueError(f"cannot area-downsample {h}x{w} by {factor}")
+  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def resize(x, size: Sequence[int], method="linear"):
+  """Resizes [B, H, W, C] images to `size` = (H', W') (bilinear by default, antialiased down)."""
+  b, _, _, c = x.shape
+  return jax.image.resize(x, (b, *size, c), method=method, antialias=True)
+
+
+def dtype_of(name):
+  """A compute dtype from a config string ('float32', 'bfloat16')."""
+  try:
+    return jnp.dtype(name)
+  except TypeError:
+    from jzoo.errors import ConfigError
+    raise ConfigError(f"unknown dtype {name!r}; use float32 or bfloat16") from None
