@@ -167,15 +167,18 @@ def get_config(arg=None):
     ))
     c.sample = _sample(steps=256, guidance=7.0, sampler="ddpm")
 
+  # Each stage trains with its own steps, batch size and learning rate (`VARIANT,stage=NAME`, or
+  # `--config.stage=NAME`, which jzoo.config turns into that); the default stage is the base model.
+  stage = c.cascade[0]
   if rest:
     key, eq, stage = rest.partition("=")
     if key != "stage" or not eq:
       raise ValueError(f"bad imagen config argument {arg!r}; use VARIANT or VARIANT,stage=NAME")
-    stages = ("text_encoder",) + tuple(c.cascade)
-    if stage not in stages:
-      raise ValueError(f"unknown stage {stage!r}; choose one of {stages}")
-    c.stage = stage
-    t = c.text_encoder.train if stage == "text_encoder" else c.stages[stage].train
-    c.train.steps, c.train.batch_size = t.steps, t.batch_size
-    c.optim.lr, c.optim.warmup_steps = t.lr, t.warmup_steps
+  stages = ("text_encoder",) + tuple(c.cascade)
+  if stage not in stages:
+    raise ValueError(f"unknown stage {stage!r}; choose one of {stages}")
+  c.stage = stage
+  t = c.text_encoder.train if stage == "text_encoder" else c.stages[stage].train
+  c.train.steps, c.train.batch_size = t.steps, t.batch_size
+  c.optim.lr, c.optim.warmup_steps = t.lr, t.warmup_steps
   return c

@@ -1,0 +1,131 @@
+"""Writes notebooks/*.ipynb (kept as a script so the notebooks' source is reviewable and shared)."""
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+INSTALL = new_code_cell(
+    "# Colab / a fresh machine: install jzoo from your clone of the repository.\n"
+    "# (Skipped where jzoo is already installed.)\n"
+    "import importlib.util, subprocess, sys\n"
+    "JZOO_SOURCE = '.'  # path to the jzoo checkout\n"
+    "if importlib.util.find_spec('jzoo') is None:\n"
+    "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '-e', f'{JZOO_SOURCE}[dev]'], check=True)")
+
+SETUP = new_code_cell(
+    "import os\n"
+    "import jax, numpy as np, mediapy\n"
+    "from jzoo import api, registry\n"
+    "import imageio_ffmpeg  # mediapy shows videos through ffmpeg; imageio-ffmpeg ships a binary\n"
+    "mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())\n"
+    "FAST = bool(os.environ.get('JZOO_NOTEBOOK_FAST'))  # CI runs the notebooks with few steps\n"
+    "print(jax.devices())")
+
+LOAD_DEFAULT = (
+    "name = registry.DEFAULT_MODEL\n"
+    "bundled = registry.get_entry(name).bundled\n"
+    "if not bundled:  # a checkout before the bundled weights were trained: a random micro model\n"
+    "    name = 'imagen-micro'\n"
+    "model, params = api.load(name, random_weights=not bundled)\n")
+
+quickstart = [
+    new_markdown_cell(
+        "# jzoo quickstart\n\n"
+        "Sample from the bundled text-to-image model, look at the `shapes` and `moving_shapes` "
+        "datasets every model trains on, and train a micro model for a few steps — on a CPU, "
+        "a Colab GPU or a TPU VM, with the same code."),
+    INSTALL,
+    SETUP,
+    new_markdown_cell("## Text to image\n\nThe default model; prompts follow the `shapes` captions "
+                      "(see `docs/SHAPES.md`)."),
+    new_code_cell(
+        LOAD_DEFAULT +
+        "prompts = ['a large red circle in the center',\n"
+        "           'a small blue square in the top left corner',\n"
+        "           'a green triangle to the left of a yellow circle',\n"
+        "           'a white square above a magenta circle']\n"
+        "images = api.generate(model, params, prompts, seed=0, steps=4 if FAST else None)\n"
+        "mediapy.show_images(list(images), titles=[p[:28] for p in prompts], width=160)"),
+    new_markdown_cell("## The datasets\n\nProcedurally rendered, deterministic by (split, index), "
+                      "no download."),
+    new_code_cell(
+        "from jzoo.data import shapes\n"
+        "examples = [shapes.image_example('train', i, 64) for i in range(6)]\n"
+        "mediapy.show_images([e['image'] for e in examples], titles=[e['caption'][:24] for e in examples], width=128)\n"
+        "videos = [shapes.video_example('train', i, 32, 16) for i in range(3)]\n"
+        "mediapy.show_videos([v['video'] for v in videos], titles=[v['caption'] for v in videos], width=160, fps=8)"),
+    new_markdown_cell("## Train\n\n`train_and_evaluate(config, workdir)` is what `python -m jzoo.train` "
+                      "runs. Each stage of a cascade trains into `workdir/<stage>/` and resumes from "
+                      "its latest checkpoint."),
+    new_code_cell(
+        "import tempfile\n"
+        "from jzoo import config as config_lib\n"
+        "from jzoo.training.loop import train_and_evaluate\n"
+        "from jzoo.training.metrics import read_metrics\n"
+        "workdir = tempfile.mkdtemp()\n"
+        "steps = 3 if FAST else 200\n"
+        "for stage in ('text_encoder', 'base'):\n"
+        "    config = config_lib.load('imagen:micro', [f'stage={stage}', f'train.steps={steps}',\n"
+        "                                              'train.log_every=1', f'train.checkpoint_every={steps}'])\n"
+        "    train_and_evaluate(config, workdir, progress=False)\n"
+        "    print(stage, [round(m['loss'], 4) for m in read_metrics(os.path.join(workdir, stage))][-3:])"),
+]
+
+imagen = [
+    new_markdown_cell(
+        "# Imagen in jzoo\n\n"
+        "A frozen T5 text encoder and a cascade of diffusion models (Saharia et al. 2022): a "
+        "32×32 base model and a 32→64 super-resolution model with noise conditioning "
+        "augmentation, sampled in one jitted call. Here: the stages side by side, and what "
+        "classifier-free guidance does."),
+    INSTALL,
+    SETUP,
+    new_code_cell(
+        LOAD_DEFAULT +
+        "import jax.numpy as jnp\n"
+        "from jzoo.models.base import Request, to_uint8\n"
+        "from jzoo.text.tokenizer import Tokenizer\n"
+        "tokenizer = Tokenizer.load(model.config.text.tokenizer)\n"
+        "steps = 4 if FAST else model.config.sample.steps\n"
+        "stages = jax.jit(model.generate_stages)\n"
+        "def request(prompts, guidance):\n"
+        "    tokens, mask = tokenizer.encode_batch(prompts, model.text_length)\n"
+        "    return Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask),\n"
+        "                   steps=jnp.int32(steps), guidance=jnp.float32(guidance))\n"
+        "print(model.stages, model.output_shape)"),
+    new_markdown_cell("## The cascade, stage by stage\n\nTop: the base model's 32×32 output "
+                      "(upsampled for display); bottom: the super-resolution stage's 64×64."),
+    new_code_cell(
+        "prompts = ['a small red circle in the top left corner', 'a large blue square in the center',\n"
+        "           'a green triangle to the left of a white circle', 'a yellow circle below a cyan square']\n"
+        "outs = stages(params, request(prompts, model.config.sample.guidance), jax.random.PRNGKey(0))\n"
+        "low, high = (np.asarray(to_uint8(o)) for o in (outs[0], outs[-1]))\n"
+        "mediapy.show_images([np.kron(l, np.ones((2, 2, 1), np.uint8)) for l in low], titles=prompts, width=128)\n"
+        "mediapy.show_images(list(high), width=128)"),
+    new_markdown_cell("## Guidance\n\nThe same prompt and seed at guidance weights 1 (the "
+                      "conditional model alone), 2, 3 and 5: stronger guidance follows the text "
+                      "more closely at the cost of diversity. Changing the weight does not recompile."),
+    new_code_cell(
+        "weights = [1.0, 2.0, 3.0, 5.0]\n"
+        "prompt = ['a small magenta square above a green circle'] * 4\n"
+        "rows = [np.asarray(to_uint8(stages(params, request(prompt, w), jax.random.PRNGKey(1))[-1]))\n"
+        "        for w in weights]\n"
+        "mediapy.show_images([r[0] for r in rows], titles=[f'w={w}' for w in weights], width=128)"),
+]
+
+
+def write(name, cells):
+  nb = new_notebook(cells=cells, metadata={
+      "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+      "language_info": {"name": "python"},
+      "colab": {"provenance": []},
+  })
+  os.makedirs(os.path.join(ROOT, "notebooks"), exist_ok=True)
+  nbformat.write(nb, os.path.join(ROOT, "notebooks", f"{name}.ipynb"))
+
+
+write("quickstart", quickstart)
+write("imagen", imagen)
