@@ -70,7 +70,6 @@ def bench_training(config, stage, steps):
 
 def bench_sampling(model, params, num, repeats=3):
   """Seconds for `num` samples at the default settings, after one compiling call."""
-  import jax
   from jzoo.sample import generate
   prompts = ["a small red circle in the center"] * num
   kwargs = dict(num=1, seed=0, steps=None, guidance=None, batch_size=num, story=False)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from jzoo import config as config_lib
-from jzoo.errors import CheckpointError, ConfigError, UserError
+from jzoo.errors import ConfigError, UserError
 from jzoo.io import tree_files
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")

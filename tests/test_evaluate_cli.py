@@ -16,6 +16,7 @@ from jzoo.errors import UserError
 from jzoo.eval import report as report_lib
 from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Model
 from jzoo.text.tokenizer import Tokenizer
+from tests import cli_helpers
 
 
 class FakeModel(Model):
@@ -138,13 +139,7 @@ def test_evaluate_rejects_bad_requests(split, num, message):
 
 
 def run_main(argv, capsys):
-  code = 0
-  try:
-    evaluate_lib.main(argv)
-  except SystemExit as e:
-    code = e.code
-  out, err = capsys.readouterr()
-  return code, out, err
+  return cli_helpers.run_main(evaluate_lib.main, argv, capsys)
 
 
 @pytest.mark.parametrize("argv,message", [

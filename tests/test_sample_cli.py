@@ -9,20 +9,14 @@ import pytest
 from PIL import Image
 
 from jzoo import sample
+from tests import cli_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = ["--model", "imagen-micro", "--random-weights", "--steps", "2"]
 
 
 def run_main(argv, capsys):
-  """Runs the CLI in-process; returns (exit code, stdout, stderr)."""
-  code = 0
-  try:
-    sample.main(argv)
-  except SystemExit as e:
-    code = e.code
-  out, err = capsys.readouterr()
-  return code, out, err
+  return cli_helpers.run_main(sample.main, argv, capsys)
 
 
 def test_writes_a_png_and_the_same_seed_gives_the_same_image(tmp_path, capsys):

@@ -47,7 +47,20 @@ def _text():
   return tfds.features.Text()
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder):
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Generated on this machine, stored as ArrayRecord (random access without TensorFlow)."""
+
+  # Nothing is downloaded, so there is no checksums file to look up. This also
+  # skips tfds 4.9.10's `code_path`, which imports the `importlib_resources`
+  # backport that tfds does not install on Python >= 3.9.
+  code_path = None
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+
+class Shapes(_LocalBuilder):
   """Captioned images of coloured shapes: size, position and relation captions (SHAPES.md)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -60,15 +73,6 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                    resolution=16, train_size=24, test_size=8, compositional_size=8),
   ]
   DEFAULT_CONFIG_NAME = "64px"
-
-  # Nothing is downloaded, so there is no checksums file to look up. This also
-  # skips tfds 4.9.10's `code_path`, which imports the `importlib_resources`
-  # backport that tfds does not install on Python >= 3.9.
-  code_path = None
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
   def _info(self):
     s = self.builder_config.resolution
@@ -97,7 +101,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": ex["image"], "caption": ex["caption"], "form": ex["form"], "index": i}
 
 
-class MovingShapes(tfds.core.GeneratorBasedBuilder):
+class MovingShapes(_LocalBuilder):
   """Captioned clips of coloured shapes moving left/right/up/down (SHAPES.md)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -111,15 +115,6 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
                    resolution=16, frames=4, train_size=12, test_size=4, compositional_size=4),
   ]
   DEFAULT_CONFIG_NAME = "32px_16f"
-
-  # Nothing is downloaded, so there is no checksums file to look up. This also
-  # skips tfds 4.9.10's `code_path`, which imports the `importlib_resources`
-  # backport that tfds does not install on Python >= 3.9.
-  code_path = None
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
   def _info(self):
     c = self.builder_config

@@ -9,6 +9,9 @@ still mask inside a visited tile, with the coordinates from
 `query_positions` / `key_positions`. Not used by `reference.py`.
 """
 
+import math
+
+import jax.numpy as jnp
 import numpy as np
 
 # Coordinates of padding rows: far enough apart that no clipped radius bridges
@@ -106,3 +109,26 @@ def visit_lists(visit):
       idx[r, :cols.size] = cols
       idx[r, cols.size:] = cols[-1]
   return idx, count
+
+
+class TilePlan:
+  """Static shapes and visit tables of one call, shared by the TPU and GPU kernels.
+
+  `kv_idx/kv_cnt`: the key tiles each query tile visits; `q_idx/q_cnt`: the transpose, for the
+  dK/dV pass."""
+
+  def __init__(self, q_shape, k_shape, radius, causal, block_q, block_k):
+    self.q_grid, self.k_grid = tuple(q_shape[1:4]), tuple(k_shape[1:4])
+    self.radius = clip_radius(radius, self.k_grid)
+    self.causal = causal
+    self.bq, self.bk = block_q, block_k
+    self.nq, self.nk = math.prod(self.q_grid), math.prod(self.k_grid)
+    self.nq_pad, self.nk_pad = round_up(self.nq, self.bq), round_up(self.nk, self.bk)
+    visit = visit_matrix(self.q_grid, self.k_grid, self.radius, causal, self.bq, self.bk)
+    self.kv_idx, self.kv_cnt = visit_lists(visit)
+    self.q_idx, self.q_cnt = visit_lists(visit.T)
+    self.visited_tiles = int(visit.sum())
+
+  def kpos(self):
+    return jnp.asarray(key_positions(self.k_grid, self.nk_pad))
+

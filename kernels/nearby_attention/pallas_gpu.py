@@ -27,26 +27,15 @@ from . import _tiles
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
-class _Plan:
+class _Plan(_tiles.TilePlan):
 
   def __init__(self, q_shape, k_shape, radius, causal, block_q, block_k):
-    self.q_grid, self.k_grid = tuple(q_shape[1:4]), tuple(k_shape[1:4])
-    self.radius = _tiles.clip_radius(radius, self.k_grid)
-    self.causal = causal
-    self.bq, self.bk = block_q, block_k
+    super().__init__(q_shape, k_shape, radius, causal, block_q, block_k)
     self.d = q_shape[-1]
     self.dp = max(16, pl.next_power_of_2(self.d))  # Triton tiles are powers of two
-    self.nq, self.nk = math.prod(self.q_grid), math.prod(self.k_grid)
-    self.nq_pad, self.nk_pad = _tiles.round_up(self.nq, self.bq), _tiles.round_up(self.nk, self.bk)
-    visit = _tiles.visit_matrix(self.q_grid, self.k_grid, self.radius, causal, self.bq, self.bk)
-    self.kv_idx, self.kv_cnt = _tiles.visit_lists(visit)
-    self.q_idx, self.q_cnt = _tiles.visit_lists(visit.T)
 
   def qpos(self):  # [4, Nq_pad]: rows so that a tile's coordinates load contiguously
     return jnp.asarray(_tiles.query_positions(self.q_grid, self.k_grid, self.nq_pad).T)
-
-  def kpos(self):
-    return jnp.asarray(_tiles.key_positions(self.k_grid, self.nk_pad))
 
   def tokens(self, x, n_pad):
     """[B, T, H, W, n, D] -> [B, n, N_pad, Dp], raster order, zero padded."""

@@ -35,26 +35,10 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 
 
-class _Plan:
-  """Static shapes and visit tables for one call."""
+class _Plan(_tiles.TilePlan):
 
-  def __init__(self, q_shape, k_shape, radius, causal, block_q, block_k):
-    self.q_grid, self.k_grid = tuple(q_shape[1:4]), tuple(k_shape[1:4])
-    self.radius = _tiles.clip_radius(radius, self.k_grid)
-    self.causal = causal
-    self.bq, self.bk = block_q, block_k
-    self.nq, self.nk = math.prod(self.q_grid), math.prod(self.k_grid)
-    self.nq_pad, self.nk_pad = _tiles.round_up(self.nq, self.bq), _tiles.round_up(self.nk, self.bk)
-    visit = _tiles.visit_matrix(self.q_grid, self.k_grid, self.radius, causal, self.bq, self.bk)
-    self.kv_idx, self.kv_cnt = _tiles.visit_lists(visit)
-    self.q_idx, self.q_cnt = _tiles.visit_lists(visit.T)
-    self.visited_tiles = int(visit.sum())
-
-  def qpos(self):
+  def qpos(self):  # [Nq_pad, 4]
     return jnp.asarray(_tiles.query_positions(self.q_grid, self.k_grid, self.nq_pad))
-
-  def kpos(self):
-    return jnp.asarray(_tiles.key_positions(self.k_grid, self.nk_pad))
 
 
 def _to_tokens(x, n_pad):
