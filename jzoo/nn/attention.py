@@ -26,34 +26,46 @@ def dot_product_attention(q, k, v, mask=None):
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+_FAN_IN = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2))
+
+
 class HeadsProjection(nn.Module):
-  """[..., in] -> [..., heads, head_dim] with a [in, heads, head_dim] kernel (no bias)."""
+  """[..., in] -> [..., heads, head_dim] with a bias-free [in, heads, head_dim] kernel.
+
+  Shared by every attention of the zoo (U-Nets, T5, transformers): heads get
+  their own kernel axis so that tensor parallelism can shard them."""
   heads: int
   head_dim: int
   dtype: Any = jnp.float32
+  kernel_init: Any = _FAN_IN
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2))
-    kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init,
+                                                               ("embed", "heads", "kv")),
                         (x.shape[-1], self.heads, self.head_dim), jnp.float32)
     return jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class OutProjection(nn.Module):
-  """[..., heads, head_dim] -> [..., features]; zero-initialised: a new block starts as identity."""
+  """[..., heads, head_dim] -> [..., features] with a [heads, head_dim, features] kernel.
+
+  By default zero-initialised with a bias, so a new residual block starts as the identity."""
   features: int
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.zeros
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, y):
     kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.zeros, ("heads", "kv", "embed")), (*y.shape[-2:], self.features),
-                        jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                      (self.features,), jnp.float32)
-    out = jnp.einsum("...hd,hde->...e", y, kernel.astype(self.dtype))
-    return out + bias.astype(self.dtype)
+        self.kernel_init, ("heads", "kv", "embed")), (*y.shape[-2:], self.features), jnp.float32)
+    out = jnp.einsum("...hd,hde->...e", y.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                        (self.features,), jnp.float32)
+      out = out + bias.astype(self.dtype)
+    return out
 
 
 def _heads(channels, head_dim):

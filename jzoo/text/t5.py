@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jzoo.errors import ConfigError
+from jzoo.nn.attention import HeadsProjection, OutProjection
 
 _LARGE_NEGATIVE = -1e10  # t5x's attention mask bias; finite so all-pad rows stay finite.
 
@@ -229,10 +230,9 @@ class MultiHeadAttention(nn.Module):
     query_init = lambda *a: base(*a) / np.sqrt(kv).astype(np.float32)
     out_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1),
                                                 out_axis=2)
-    axes = ("embed", "heads", "kv")
-    q = self._project("query", x, query_init, (embed, heads, kv), axes)
-    k = self._project("key", x, base, (embed, heads, kv), axes)
-    v = self._project("value", x, base, (embed, heads, kv), axes)
+    q = HeadsProjection(heads, kv, self.dtype, query_init, name="query")(x)
+    k = HeadsProjection(heads, kv, self.dtype, base, name="key")(x)
+    v = HeadsProjection(heads, kv, self.dtype, base, name="value")(x)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
@@ -243,39 +243,7 @@ class MultiHeadAttention(nn.Module):
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
     y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
-    out = OutProjection(embed, dtype=self.dtype, kernel_init=out_init, name="out")
-    return out(y)
-
-  def _project(self, name, x, init, shape, axes):
-    return InProjection(shape[1:], dtype=self.dtype, kernel_init=init, kernel_axes=axes,
-                        name=name)(x)
-
-
-class InProjection(nn.Module):
-  """[..., embed] -> [..., heads, kv] with a 3-D kernel (bias-free)."""
-  features: tuple
-  kernel_init: Any
-  kernel_axes: tuple
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], *self.features),
-                    self.kernel_axes)
-    return jnp.einsum("...e,ehd->...hd", x, jnp.asarray(kernel, self.dtype))
-
-
-class OutProjection(nn.Module):
-  """[..., heads, kv] -> [..., embed] with a [heads, kv, embed] kernel (bias-free)."""
-  features: int
-  kernel_init: Any
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, y):
-    kernel = _param(self, "kernel", self.kernel_init, (*y.shape[-2:], self.features),
-                    ("heads", "kv", "embed"))
-    return jnp.einsum("...hd,hde->...e", y, jnp.asarray(kernel, self.dtype))
+    return OutProjection(embed, self.dtype, out_init, use_bias=False, name="out")(y)
 
 
 class Dense(nn.Module):
