@@ -124,3 +124,23 @@ def test_nan_from_the_cli_is_one_line_and_exit_2(tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert "loss is nan at step 1" in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_trains_on_a_folder_of_captioned_images(tmp_path):
+  from PIL import Image
+  data = tmp_path / "data"
+  data.mkdir()
+  for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+    Image.new("RGB", (40, 30), colour).save(data / f"img{i}.png")
+    (data / f"img{i}.txt").write_text(f"a flat picture number {i}")
+  config = toy_config("train.steps=4", "train.checkpoint_every=4", f"data.dataset=folder:{data}")
+  train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+  assert len(_losses(str(tmp_path / "run"))) == 4
+  assert checkpoint.Checkpointer(checkpoint.checkpoints_dir(tmp_path / "run", STAGE)).latest_step() == 4
+
+
+def test_missing_folder_dataset_is_a_data_error(tmp_path):
+  from jzoo.errors import DataError
+  config = toy_config(f"data.dataset=folder:{tmp_path / 'nope'}")
+  with pytest.raises(DataError, match="nope"):
+    train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
