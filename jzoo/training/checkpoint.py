@@ -91,7 +91,8 @@ def load_params(model_dir, stage, item="ema", step=None):
     if step is None:
       raise CheckpointError(f"no complete checkpoint in {directory}; train longer or check the path")
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))
+      target = _host_target(os.path.join(directory, str(step), item))
+      restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
     except CheckpointError:
       raise
     except Exception as e:
@@ -100,6 +101,21 @@ def load_params(model_dir, stage, item="ema", step=None):
   finally:
     manager.close()
   return jax.tree_util.tree_map(np.asarray, restored[item])
+
+
+def _host_target(item_dir):
+  """Restore target on this process's first device, whatever mesh (or hosts) saved the item."""
+  from absl import logging as absl_logging
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that items have no step metadata
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(item_dir)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  tree = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                tree)
 
 
 def load_meta(model_dir, stage, step=None):
