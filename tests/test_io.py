@@ -58,3 +58,17 @@ def test_grids():
   assert g[0, 0, 0] == 0 and g[0, 5, 0] == 1 and g[5, 5, 0] == 4 and g[5, 10, 0] == 0
   v = video_grid(np.stack([_video(3, 4, 4)] * 2), cols=2, pad=0)
   assert v.shape == (3, 4, 8, 3)
+
+
+def test_tree_files_roundtrip_and_float16_storage(tmp_path):
+  from jzoo.io import tree_files
+  tree = {"a": {"kernel": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)},
+          "steps": np.arange(3, dtype=np.int32)}
+  tree_files.save_tree(str(tmp_path / "full.safetensors"), tree)
+  back = tree_files.load_tree(str(tmp_path / "full.safetensors"))
+  np.testing.assert_array_equal(back["a"]["kernel"], tree["a"]["kernel"])
+  tree_files.save_tree(str(tmp_path / "half.safetensors"), tree, dtype=np.float16)
+  half = tree_files.load_tree(str(tmp_path / "half.safetensors"))
+  assert half["a"]["kernel"].dtype == np.float32 and half["steps"].dtype == np.int32
+  np.testing.assert_allclose(half["a"]["kernel"], tree["a"]["kernel"], atol=1e-3)
+  assert (tmp_path / "half.safetensors").stat().st_size < (tmp_path / "full.safetensors").stat().st_size

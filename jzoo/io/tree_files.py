@@ -30,13 +30,20 @@ def unflatten(flat):
   return tree
 
 
-def save_tree(path, tree):
-  save_file(flatten(tree), path)
+def save_tree(path, tree, dtype=None):
+  """`dtype` (e.g. np.float16) stores floating-point leaves at lower precision, to ship small files."""
+  flat = flatten(tree)
+  if dtype is not None:
+    flat = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in flat.items()}
+  save_file(flat, path)
 
 
-def load_tree(path):
+def load_tree(path, dtype=np.float32):
+  """Floating-point leaves come back as `dtype` (parameters are float32 in jzoo)."""
   try:
-    return unflatten(load_file(path))
+    flat = load_file(path)
+    return unflatten({k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v
+                      for k, v in flat.items()})
   except FileNotFoundError:
     raise CheckpointError(f"weights file {path} does not exist") from None
   except Exception as e:
