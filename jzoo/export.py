@@ -1,9 +1,11 @@
-"""python -m jzoo.export --workdir DIR --name MODEL [--out FOLDER]
+"""python -m jzoo.export --workdir DIR --name MODEL [--out FOLDER] [--config.sample.KEY=VALUE ...]
 
 Turns a training directory into a bundled model: the EMA parameters of every
 stage as `<stage>.safetensors` plus the `config.json` they were trained with,
 written to `jzoo/assets/models/<name>/` (or --out). This is how the bundled
-models that `python -m jzoo.sample` uses by default are made.
+models that `python -m jzoo.sample` uses by default are made. `--config.sample.*`
+overrides set the bundled model's sampling defaults (e.g. the guidance weight
+chosen by `python -m jzoo.evaluate`); training keys cannot change after training.
 """
 
 import argparse
@@ -11,7 +13,8 @@ import os
 import sys
 
 from jzoo import cli, registry
-from jzoo.errors import CheckpointError
+from jzoo import config as config_lib
+from jzoo.errors import CheckpointError, UserError
 
 
 @cli.main_guard
@@ -21,14 +24,20 @@ def main(argv=None):
   p.add_argument("--workdir", required=True, help="model directory written by python -m jzoo.train")
   p.add_argument("--name", required=True, help="registered model name")
   p.add_argument("--out", default=None, help="output folder (default: the package's assets)")
-  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+  argv, overrides = config_lib.split_config_overrides(sys.argv[1:] if argv is None else argv)
+  args = p.parse_args(argv)
   registry.get_entry(args.name)
+  bad = [o for o in overrides if not o.startswith("sample.")]
+  if bad:
+    raise UserError(f"only --config.sample.* can change at export, not --config.{bad[0]}")
   from jzoo.sample import _checkpoint_config
   if not os.path.isdir(args.workdir):
     raise CheckpointError(f"training directory {args.workdir!r} does not exist")
   config = _checkpoint_config(args.workdir)
   if config is None:
     raise CheckpointError(f"no <stage>/config.json under {args.workdir!r}; is it a jzoo.train workdir?")
+  with config.unlocked():
+    config_lib.apply_overrides(config, overrides)
   model = registry.build_model(config)
   out = registry.export_bundle(args.workdir, args.name, model.stages, config, args.out)
   for name in sorted(os.listdir(out)):
