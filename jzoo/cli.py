@@ -14,7 +14,10 @@ def main_guard(fn):
     try:
       return fn(argv)
     except errors.UserError as e:
-      prog = fn.__module__.replace("__main__", "jzoo")
+      prog = fn.__module__
+      if prog == "__main__":  # python -m jzoo.sample: name the module, not "__main__"
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        prog = spec.name if spec else "jzoo"
       print(f"{prog}: error: {e}", file=sys.stderr)
       sys.exit(e.exit_code)
     except KeyboardInterrupt:
