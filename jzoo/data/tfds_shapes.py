@@ -59,6 +59,26 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
+  def _pixels_info(self, key, shape):
+    """Features: uint8 pixels under `key` ("image" or "video"), caption, form ("one"|"two"), index."""
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            key: tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding="zlib"),
+            "caption": _text(),
+            "form": _text(),
+            "index": tfds.features.Scalar(dtype=np.int64),
+        }),
+        supervised_keys=None,
+        disable_shuffling=True,  # record i of a split is example i
+        homepage=_HOMEPAGE,
+        citation=_CITATION,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # procedurally generated: nothing to download
+    return {split: self._generate_examples(split, n)
+            for split, n in _split_sizes(self.builder_config).items()}
+
 
 class Shapes(_LocalBuilder):
   """Captioned images of coloured shapes: size, position and relation captions (SHAPES.md)."""
@@ -76,23 +96,7 @@ class Shapes(_LocalBuilder):
 
   def _info(self):
     s = self.builder_config.resolution
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8, encoding="zlib"),
-            "caption": _text(),
-            "form": _text(),  # "one" | "two"
-            "index": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=None,
-        disable_shuffling=True,  # record i of a split is example i
-        homepage=_HOMEPAGE,
-        citation=_CITATION,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # procedurally generated: nothing to download
-    return {split: self._generate_examples(split, n)
-            for split, n in _split_sizes(self.builder_config).items()}
+    return self._pixels_info("image", (s, s, 3))
 
   def _generate_examples(self, split, num):
     s = self.builder_config.resolution
@@ -118,24 +122,7 @@ class MovingShapes(_LocalBuilder):
 
   def _info(self):
     c = self.builder_config
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(shape=(c.frames, c.resolution, c.resolution, 3),
-                                          dtype=np.uint8, encoding="zlib"),
-            "caption": _text(),
-            "form": _text(),
-            "index": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=None,
-        disable_shuffling=True,  # record i of a split is example i
-        homepage=_HOMEPAGE,
-        citation=_CITATION,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split, n)
-            for split, n in _split_sizes(self.builder_config).items()}
+    return self._pixels_info("video", (c.frames, c.resolution, c.resolution, 3))
 
   def _generate_examples(self, split, num):
     c = self.builder_config
