@@ -29,6 +29,11 @@ from jzoo.training.metrics import MetricWriter
 from jzoo.training.optim import make_optimizer
 
 
+# A raw PRNG key, abstractly: shapes are derived without creating arrays on any device (the mesh
+# may be a TPU topology that only exists for ahead-of-time compilation).
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
 def ema_decay_at(step, decay):
   # Warm-up of the EMA so that short runs are not dominated by the random init.
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
@@ -55,9 +60,8 @@ class Trainer:
     return self.model.init(self.stage, rng, batch)["params"]
 
   def _build_shardings(self):
-    rng = jax.random.PRNGKey(0)
     with mesh_context(self.mesh, self.rules):
-      boxed = jax.eval_shape(self._init_params, rng, self.batch_spec)
+      boxed = jax.eval_shape(self._init_params, ABSTRACT_KEY, self.batch_spec)
     param_sh = logical_shardings(boxed, self.mesh, self.rules)
     abstract_params = nn.unbox(boxed)
     abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -127,7 +131,7 @@ class Trainer:
       dep_batch = registry.abstract_batch(self.model, dep, 1)
       with mesh_context(self.mesh, self.rules):
         boxed = jax.eval_shape(lambda r, b, d=dep: self.model.init(d, r, b)["params"],
-                               jax.random.PRNGKey(0), dep_batch)
+                               ABSTRACT_KEY, dep_batch)
       abstract[dep] = nn.unbox(boxed)
       shardings[dep] = logical_shardings(boxed, self.mesh, self.rules)
     return abstract, shardings
