@@ -144,3 +144,12 @@ def test_missing_folder_dataset_is_a_data_error(tmp_path):
   config = toy_config(f"data.dataset=folder:{tmp_path / 'nope'}")
   with pytest.raises(DataError, match="nope"):
     train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+
+
+def test_unwritable_workdir_is_one_line_and_exit_2(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  result = _train_cli(blocker / "run", check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert "choose a writable --workdir" in result.stderr

@@ -20,7 +20,7 @@ import optax
 from jzoo import registry
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
-from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged
+from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
@@ -167,7 +167,11 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   trainer = Trainer(config, mesh)
   model, stage, train_cfg = trainer.model, trainer.stage, config.train
   stage_dir = ckpt_lib.stage_dir(workdir, stage)
-  os.makedirs(stage_dir, exist_ok=True)
+  try:
+    os.makedirs(stage_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create the work directory {stage_dir!r} ({e.strerror}); "
+                    "choose a writable --workdir") from None
   is_host0 = jax.process_index() == 0
   if is_host0:
     with open(os.path.join(stage_dir, "config.json"), "w") as f:
