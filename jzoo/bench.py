@@ -82,11 +82,9 @@ def bench_sampling(model, params, num, repeats=3):
 
 
 def bench_model(name, num, train_steps):
-  from jzoo.sample import load_model_and_params
-  import types
+  from jzoo import api
   entry = registry.get_entry(name)
-  args = types.SimpleNamespace(model=name, checkpoint=None, random_weights=not entry.bundled, seed=0)
-  model, params = load_model_and_params(args)
+  model, params = api.load(name, random_weights=not entry.bundled)
   result = {"model": name, "bundled": entry.bundled,
             "sampling": bench_sampling(model, params, num),
             "training": [bench_training(model.config, s, train_steps) for s in model.stages]}

@@ -30,10 +30,9 @@ def main(argv=None):
   bad = [o for o in overrides if not o.startswith("sample.")]
   if bad:
     raise UserError(f"only --config.sample.* can change at export, not --config.{bad[0]}")
-  from jzoo.sample import _checkpoint_config
   if not os.path.isdir(args.workdir):
     raise CheckpointError(f"training directory {args.workdir!r} does not exist")
-  config = _checkpoint_config(args.workdir)
+  config = registry.training_config(args.workdir)
   if config is None:
     raise CheckpointError(f"no <stage>/config.json under {args.workdir!r}; is it a jzoo.train workdir?")
   with config.unlocked():

@@ -82,6 +82,16 @@ def config_from_json(text):
   return config
 
 
+def training_config(model_dir):
+  """The config a training directory ran with (the first `<stage>/config.json`), or None."""
+  for name in sorted(os.listdir(model_dir)):
+    path = os.path.join(model_dir, name, "config.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        return config_from_json(f.read())
+  return None
+
+
 def _tuplify(x):
   # JSON turns tuples (axis rules, channel multipliers) into lists; configs use tuples.
   if isinstance(x, dict):

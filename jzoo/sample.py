@@ -15,6 +15,8 @@ import sys
 from jzoo import cli
 from jzoo import registry
 from jzoo.errors import CheckpointError, UserError
+from jzoo.models.base import check_prompts
+from jzoo.text.tokenizer import Tokenizer
 
 DEFAULT_PROMPTS = {
     "text-to-image": "a large red circle in the center",
@@ -104,7 +106,7 @@ def load_model_and_params(args):
   if args.checkpoint is not None:
     if not os.path.isdir(args.checkpoint):
       raise CheckpointError(f"checkpoint directory {args.checkpoint!r} does not exist")
-    config = _checkpoint_config(args.checkpoint) or registry.load_config(entry.name)
+    config = registry.training_config(args.checkpoint) or registry.load_config(entry.name)
     model = registry.build_model(config)
     return model, load_checkpoint_params(model, args.checkpoint)
   config = registry.load_config(entry.name)
@@ -138,25 +140,14 @@ def load_checkpoint_params(model, model_dir):
   return params
 
 
-def _checkpoint_config(model_dir):
-  for name in sorted(os.listdir(model_dir)):
-    path = os.path.join(model_dir, name, "config.json")
-    if os.path.isfile(path):
-      with open(path) as f:
-        return registry.config_from_json(f.read())
-  return None
-
-
 def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, story):
   """Returns a list of uint8 arrays, one per output, in prompt-major order."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from jzoo.models.base import Request
-  from jzoo.text.tokenizer import Tokenizer
 
   tokenizer = Tokenizer.load(model.config.text.tokenizer)
-  from jzoo.models.base import check_prompts
   check_prompts(prompts, model.text_length, tokenizer)
   options = model.default_request_options()
   steps = options["steps"] if steps is None else steps
@@ -210,10 +201,8 @@ def main(argv=None):
   config = registry.load_config(args.model)
   model = registry.build_model(config)
   prompts = read_prompts(args, model.task)
-  for p in prompts:
-    if not p.strip():
-      raise UserError("empty prompt; give a caption such as --prompt "
-                      f"{DEFAULT_PROMPTS[model.task]!r}")
+  # Empty or too-long prompts fail here, before any weights are loaded.
+  check_prompts(prompts, model.text_length, Tokenizer.load(model.config.text.tokenizer))
   video = model.task == "text-to-video"
   story = video and args.prompt is not None and len(args.prompt) > 1
   if story and not getattr(model, "supports_story", False):

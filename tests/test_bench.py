@@ -1,7 +1,6 @@
 import pytest
 
 from jzoo import bench
-from jzoo.errors import UserError
 from tests.test_training import toy_config
 
 

@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from jzoo import config as config_lib
 from jzoo import registry

@@ -110,10 +110,6 @@ class InputPipeline:
     self.position += self.global_batch_size
     return self._to_global(local)
 
-  def peek_local(self):
-    """One local numpy batch at the current position, without advancing (for shapes at init)."""
-    return self._read_local(self.position)
-
   def get_state(self):
     return {"position": int(self.position)}
 

@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.experimental.mesh_utils  # registers the submodule on jax.experimental
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -45,9 +46,3 @@ def batch_sharding(mesh, ndim):
   """Sharding of a batch array: leading axis over the data axes, the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
-
-def replicated(mesh):
-  return NamedSharding(mesh, P())
-
-
-import jax.experimental.mesh_utils  # noqa: E402  (registers the submodule on jax.experimental)

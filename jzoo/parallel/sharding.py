@@ -1,4 +1,4 @@
-"""Sharded initialisation and the mesh/rules context.
+"""Logical-axis shardings and the mesh/rules context, for the trainer's sharded init.
 
 Never build full state on one device: `jax.eval_shape` gives the abstract
 (boxed) variables, their logical axis names map to mesh shardings through the
@@ -48,25 +48,5 @@ def unbox_values(tree):
                                 is_leaf=is_box)
 
 
-def logical_specs(boxed_tree):
-  return nn.get_partition_spec(boxed_tree)
-
-
-def sharded_init(init_fn, mesh, rules, *args):
-  """Runs `init_fn(*args)` (returning boxed flax variables) directly into sharded, unboxed arrays.
-
-  Returns (variables, shardings)."""
-  with mesh_context(mesh, rules):
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = logical_shardings(abstract, mesh, rules)
-    variables = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
-  return variables, shardings
-
-
 def replicated(mesh):
   return NamedSharding(mesh, P())
-
-
-def shardings_like(tree, mesh):
-  """Replicated sharding for every leaf of `tree` (small frozen trees, scalars)."""
-  return jax.tree_util.tree_map(lambda _: replicated(mesh), tree)

@@ -116,20 +116,3 @@ def _host_target(item_dir):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                 tree)
-
-
-def load_meta(model_dir, stage, step=None):
-  directory = checkpoints_dir(model_dir, stage)
-  manager = ocp.CheckpointManager(directory, item_names=ITEMS)
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no complete checkpoint in {directory}")
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  except CheckpointError:
-    raise
-  except Exception as e:
-    raise CheckpointError(f"checkpoint {directory}/{step} is corrupt or unreadable: "
-                          f"{type(e).__name__}: {_first_line(e)}") from None
-  finally:
-    manager.close()
