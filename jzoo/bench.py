@@ -34,9 +34,8 @@ def bench_training(config, stage, steps):
   from jzoo.parallel import mesh as mesh_lib
   from jzoo.training.loop import Trainer
 
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.stage = stage
+  from jzoo import config as config_lib
+  config = config_lib.with_overrides(config, [f"stage={stage}"])
   mesh = mesh_lib.make_mesh(config.mesh)
   trainer = Trainer(config, mesh)
   state = trainer.init_state(0)

@@ -105,6 +105,14 @@ def apply_overrides(config, overrides):
       raise ConfigError(f"--config.{item}: {e}") from None
 
 
+def with_overrides(config, overrides):
+  """A copy of `config` with "a.b=value" overrides applied (the original is untouched)."""
+  new = config.copy_and_resolve_references()
+  with new.unlocked():
+    apply_overrides(new, overrides)
+  return new
+
+
 class _nullcontext:
   def __enter__(self):
     return None

@@ -35,8 +35,7 @@ def main(argv=None):
   config = registry.training_config(args.workdir)
   if config is None:
     raise CheckpointError(f"no <stage>/config.json under {args.workdir!r}; is it a jzoo.train workdir?")
-  with config.unlocked():
-    config_lib.apply_overrides(config, overrides)
+  config = config_lib.with_overrides(config, overrides)
   model = registry.build_model(config)
   out = registry.export_bundle(args.workdir, args.name, model.stages, config, args.out)
   for name in sorted(os.listdir(out)):

@@ -149,19 +149,12 @@ def plan(config, topology=None):
   if not result["fits"]:
     result["suggestion"] = None
     for flag, overrides in _alternatives(config):
-      alt = _with(config, overrides)
+      alt = config_lib.with_overrides(config, overrides)
       stats = analyse(compile_train_step(alt, devices), chip, len(devices))
       if stats["fits"]:
         result["suggestion"] = {"change": flag, "per_chip_bytes": stats["per_chip_bytes"]}
         break
   return result
-
-
-def _with(config, overrides):
-  new = config.copy_and_resolve_references()
-  with new.unlocked():
-    config_lib.apply_overrides(new, overrides)
-  return new
 
 
 def _gib(n):
