@@ -50,3 +50,54 @@ def base_config(model, stage):
   ))
   c.sample = ml_collections.ConfigDict(dict(steps=20, guidance=3.0))
   return c
+
+
+def stage_train(steps, batch_size, lr, warmup=100):
+  return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, lr=lr,
+                                        warmup_steps=warmup))
+
+
+def text_encoder(**kw):
+  te = ml_collections.ConfigDict(dict(
+      preset="",                 # a jzoo.text.t5.T5_PRESETS name; the keys below override it
+      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      feed_forward="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+      weights="",                # public T5 weights: model.safetensors (file/dir) or t5x checkpoint
+      # Masked-token pretraining of a small encoder (the `text_encoder` stage).
+      mlm_probability=0.3,       # fraction of caption tokens replaced by the sentinel (last id)
+      mlm_copy_weight=0.1,       # loss weight of the visible tokens
+      resolution=16,             # images are rendered but unused while pretraining the encoder
+      train=stage_train(2000, 64, 1e-3),
+  ))
+  te.update(kw)
+  return te
+
+
+def split_variant(arg, default, variants):
+  """'VARIANT[,stage=NAME]' -> (variant, rest); a clear error for an unknown variant."""
+  variant, _, rest = (arg or default).partition(",")
+  if variant not in variants:
+    raise ValueError(f"unknown variant {variant!r}; choose one of {tuple(variants)}")
+  return variant, rest
+
+
+def select_stage(c, rest, trains, default):
+  """Sets `c.stage` from the 'stage=NAME' argument (else `default`) and copies
+  that stage's training defaults into `c.train` / `c.optim`.
+
+  trains: {stage: stage_train(...)}, in training order. Each stage thus trains with its own
+  steps, batch size and learning rate (`VARIANT,stage=NAME`, or `--config.stage=NAME`, which
+  jzoo.config turns into that), and CLI overrides still win."""
+  stage = default
+  if rest:
+    key, eq, stage = rest.partition("=")
+    if key != "stage" or not eq:
+      raise ValueError(f"bad config argument {rest!r}; use VARIANT or VARIANT,stage=NAME")
+  if stage not in trains:
+    raise ValueError(f"unknown stage {stage!r}; choose one of {tuple(trains)}")
+  c.stage = stage
+  t = trains[stage]
+  c.train.steps, c.train.batch_size = t.steps, t.batch_size
+  c.optim.lr, c.optim.warmup_steps = t.lr, t.warmup_steps
+  return c

@@ -13,14 +13,11 @@ public T5 weights), then each stage of `config.cascade`.
 
 import ml_collections
 
-from jzoo.configs._common import base_config
+from jzoo.configs._common import base_config, select_stage, split_variant
+from jzoo.configs._common import stage_train as _train
+from jzoo.configs._common import text_encoder as _text_encoder
 
 VARIANTS = ("micro", "tiny_shapes", "paper")
-
-
-def _train(steps, batch_size, lr, warmup=100):
-  return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, lr=lr,
-                                        warmup_steps=warmup))
 
 
 def _unet_stage(resolution, channels, channel_mult, num_res_blocks, self_attention,
@@ -56,23 +53,6 @@ def _unet_stage(resolution, channels, channel_mult, num_res_blocks, self_attenti
   return s
 
 
-def _text_encoder(**kw):
-  te = ml_collections.ConfigDict(dict(
-      preset="",                 # a jzoo.text.t5.T5_PRESETS name; the keys below override it
-      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8,
-      relative_attention_num_buckets=32, relative_attention_max_distance=128,
-      feed_forward="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
-      weights="",                # public T5 weights: model.safetensors (file/dir) or t5x checkpoint
-      # Masked-token pretraining of a small encoder (the `text_encoder` stage).
-      mlm_probability=0.3,       # fraction of caption tokens replaced by the sentinel (last id)
-      mlm_copy_weight=0.1,       # loss weight of the visible tokens
-      resolution=16,             # images are rendered but unused while pretraining the encoder
-      train=_train(2000, 64, 1e-3),
-  ))
-  te.update(kw)
-  return te
-
-
 def _sample(**kw):
   s = ml_collections.ConfigDict(dict(
       steps=20, guidance=3.0,    # CLI defaults (traced: changing them does not recompile)
@@ -89,9 +69,7 @@ def _sample(**kw):
 
 
 def get_config(arg=None):
-  variant, _, rest = (arg or "tiny_shapes").partition(",")
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown imagen variant {variant!r}; choose one of {VARIANTS}")
+  variant, rest = split_variant(arg, "tiny_shapes", VARIANTS)
   c = base_config("imagen", "base")
   c.variant = variant
   c.sample = _sample()
@@ -168,18 +146,6 @@ def get_config(arg=None):
     ))
     c.sample = _sample(steps=256, guidance=7.0, sampler="ddpm")
 
-  # Each stage trains with its own steps, batch size and learning rate (`VARIANT,stage=NAME`, or
-  # `--config.stage=NAME`, which jzoo.config turns into that); the default stage is the base model.
-  stage = c.cascade[0]
-  if rest:
-    key, eq, stage = rest.partition("=")
-    if key != "stage" or not eq:
-      raise ValueError(f"bad imagen config argument {arg!r}; use VARIANT or VARIANT,stage=NAME")
-  stages = ("text_encoder",) + tuple(c.cascade)
-  if stage not in stages:
-    raise ValueError(f"unknown stage {stage!r}; choose one of {stages}")
-  c.stage = stage
-  t = c.text_encoder.train if stage == "text_encoder" else c.stages[stage].train
-  c.train.steps, c.train.batch_size = t.steps, t.batch_size
-  c.optim.lr, c.optim.warmup_steps = t.lr, t.warmup_steps
-  return c
+  trains = {"text_encoder": c.text_encoder.train}
+  trains.update({name: c.stages[name].train for name in c.cascade})
+  return select_stage(c, rest, trains, default=c.cascade[0])

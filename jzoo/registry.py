@@ -41,6 +41,9 @@ class Entry:
 MODELS = {e.name: e for e in [
     Entry("imagen-tiny-shapes", "imagen:tiny_shapes", "Imagen cascade (T5 + 32px base + 64px SR) on shapes"),
     Entry("imagen-micro", "imagen:micro", "Imagen micro cascade for tests and smoke runs"),
+    Entry("phenaki-tiny-shapes", "phenaki:tiny_shapes",
+          "Phenaki (T5 + C-ViViT + MaskGIT) on moving_shapes, 16 frames at 32px, story mode"),
+    Entry("phenaki-micro", "phenaki:micro", "Phenaki micro model for tests and smoke runs"),
 ]}
 
 DEFAULT_MODEL = "imagen-tiny-shapes"

@@ -116,6 +116,63 @@ imagen = [
         "mediapy.show_images([r[0] for r in rows], titles=[f'w={w}' for w in weights], width=128)"),
 ]
 
+phenaki = [
+    new_markdown_cell(
+        "# Phenaki in jzoo\n\n"
+        "Text to video with a causal video tokenizer (C-ViViT) and a masked transformer "
+        "(MaskGIT) conditioned on a frozen T5 encoder (Villegas et al. 2022): text-to-video, a "
+        "story told by several prompts in one long video, image-to-video, and what the tokenizer "
+        "keeps of a clip."),
+    INSTALL,
+    SETUP,
+    new_code_cell(
+        "name = 'phenaki-tiny-shapes'\n"
+        "bundled = registry.get_entry(name).bundled\n"
+        "if not bundled:  # a checkout before the bundled weights were trained: a random micro model\n"
+        "    name = 'phenaki-micro'\n"
+        "model, params = api.load(name, random_weights=not bundled)\n"
+        "steps = 2 if FAST else None\n"
+        "print(name, model.stages, model.output_shape)"),
+    new_markdown_cell("## Text to video\n\nPrompts follow the `moving_shapes` captions."),
+    new_code_cell(
+        "prompts = ['a red circle moving right', 'a blue square moving up',\n"
+        "           'a green triangle moving left and a yellow circle moving down']\n"
+        "videos = api.generate(model, params, prompts, seed=0, steps=steps)\n"
+        "mediapy.show_videos(list(videos), titles=[p[:30] for p in prompts], width=160, fps=8)"),
+    new_markdown_cell("## A story\n\nEach prompt continues the video: the next segment starts "
+                      "from the re-encoded last frame of the previous one."),
+    new_code_cell(
+        "story = ['a white square moving right', 'a white square moving down', 'a white square moving left']\n"
+        "long_video = api.generate(model, params, story, seed=0, steps=steps, story=True)[0]\n"
+        "print(long_video.shape)\n"
+        "mediapy.show_video(long_video, width=200, fps=8)"),
+    new_markdown_cell("## Image to video\n\nThe first frame is given (here: the first frame of a "
+                      "`moving_shapes` clip); its tokens stay fixed while the rest is decoded."),
+    new_code_cell(
+        "import jax.numpy as jnp\n"
+        "from jzoo.data import shapes\n"
+        "from jzoo.models.base import Request\n"
+        "from jzoo.text.tokenizer import Tokenizer\n"
+        "T, S = model.output_shape[0], model.output_shape[1]\n"
+        "clip = shapes.video_example('test', 0, S, T)\n"
+        "tokens, mask = Tokenizer.load(model.config.text.tokenizer).encode_batch([clip['caption']], model.text_length)\n"
+        "first = jnp.asarray(clip['video'][None, :1], jnp.float32) / 127.5 - 1.0\n"
+        "request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=jnp.int32(steps or model.config.sample.steps),\n"
+        "                  guidance=jnp.float32(model.config.sample.guidance), extra={'frames': first})\n"
+        "continued = np.asarray(jax.jit(model.generate)(params, request, jax.random.PRNGKey(0)))[0]\n"
+        "mediapy.show_videos([clip['video'], continued], titles=[clip['caption'], 'from its first frame'], width=160, fps=8)"),
+    new_markdown_cell("## What the tokenizer keeps\n\nC-ViViT reconstructions of `moving_shapes` "
+                      "test clips, and their PSNR."),
+    new_code_cell(
+        "clips = np.stack([shapes.video_example('test', i, S, T)['video'] for i in range(3)])\n"
+        "x = jnp.asarray(clips, jnp.float32) / 127.5 - 1.0\n"
+        "recon = model.decode_codes(params['tokenizer'], model.encode_video(params['tokenizer'], x))\n"
+        "mse = np.mean((np.asarray(recon) - np.asarray(x)) ** 2, axis=(1, 2, 3, 4))\n"
+        "print('PSNR (dB):', np.round(10 * np.log10(4.0 / mse), 2))\n"
+        "mediapy.show_videos(list(clips) + [np.asarray((recon + 1) * 127.5).clip(0, 255).astype(np.uint8)[i] for i in range(3)],\n"
+        "                    columns=3, width=120, fps=8)"),
+]
+
 
 def write(name, cells):
   nb = new_notebook(cells=cells, metadata={
@@ -129,3 +186,4 @@ def write(name, cells):
 
 write("quickstart", quickstart)
 write("imagen", imagen)
+write("phenaki", phenaki)

@@ -109,9 +109,18 @@ class Model:
     return ()
 
   def load_frozen(self, stage, model_dir):
-    """Parameters of `frozen_stages(stage)`, by default from their checkpoints in `model_dir`."""
+    """Parameters of `frozen_stages(stage)`: each from `load_frozen_stage`."""
+    return {dep: self.load_frozen_stage(dep, model_dir) for dep in self.frozen_stages(stage)}
+
+  def load_frozen_stage(self, stage, model_dir):
+    """One frozen stage's parameters: a text encoder with public weights named in the config
+    (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; every
+    other stage comes from its checkpoint in `model_dir`."""
+    text_encoder = getattr(self, "text_encoder", None)
+    if stage == "text_encoder" and text_encoder is not None and text_encoder.imported:
+      return text_encoder.import_weights()
     from jzoo.training import checkpoint
-    return {dep: checkpoint.load_params(model_dir, dep) for dep in self.frozen_stages(stage)}
+    return checkpoint.load_params(model_dir, stage)
 
   # --- sampling -----------------------------------------------------------
   def default_request_options(self):

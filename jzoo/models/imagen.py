@@ -23,24 +23,19 @@ Stages, trained independently (`--config.stage=...`): "text_encoder", then
 `config.cascade` (e.g. "base", "sr"). Everything in `generate` runs in one jit.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
-import optax
 
 from jzoo.diffusion import guidance as guidance_lib
 from jzoo.diffusion import losses
 from jzoo.diffusion import parameterization as param_lib
 from jzoo.diffusion import samplers
 from jzoo.diffusion import schedules
-from jzoo.errors import CheckpointError, ConfigError
+from jzoo.errors import ConfigError
 from jzoo.models.base import TEXT_TO_IMAGE, DataSpec, Model, Request, to_uint8
 from jzoo.nn import layers
 from jzoo.nn.unet import EfficientUNet
-from jzoo.text.t5 import T5Encoder, t5_config_from_ml_collections
-
-TEXT_ENCODER = "text_encoder"
+from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
 
 # Noise conditioning augmentation corrupts the low-resolution input along a fixed cosine schedule;
 # the level is the time t in [0, 1] of that schedule.
@@ -60,9 +55,7 @@ class Imagen(Model):
         raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
     self.stages = (TEXT_ENCODER,) + self.cascade
     self.dtype = layers.dtype_of(config.train.dtype)
-    self.t5_config = t5_config_from_ml_collections(
-        dict(config.text_encoder.to_dict(), dtype=str(config.train.dtype)))
-    self.text_encoder = T5Encoder(self.t5_config)
+    self.text_encoder = FrozenTextEncoder(config)
     self.unets = {name: self._unet(name, i > 0) for i, name in enumerate(self.cascade)}
     for i, name in enumerate(self.cascade[1:], 1):
       low, high = self._stage(self.cascade[i - 1]).resolution, self._stage(name).resolution
@@ -108,40 +101,6 @@ class Imagen(Model):
     self._check_stage(stage)
     return () if stage == TEXT_ENCODER else (TEXT_ENCODER,)
 
-  def load_frozen(self, stage, model_dir):
-    """The frozen T5: imported from `config.text_encoder.weights` if set, else the trained stage."""
-    if not self.frozen_stages(stage) or not self.config.text_encoder.weights:
-      return super().load_frozen(stage, model_dir)
-    return {TEXT_ENCODER: self.import_text_encoder(self.config.text_encoder.weights)}
-
-  def import_text_encoder(self, path):
-    """T5 encoder params from a Hugging Face safetensors file/dir or a t5x checkpoint dir."""
-    from jzoo.text import t5_import
-    path = os.path.expanduser(str(path))
-    if not os.path.exists(path):
-      raise CheckpointError(f"text encoder weights {path!r} do not exist; set "
-                            "--config.text_encoder.weights to a model.safetensors file or folder, "
-                            "or to a t5x checkpoint folder")
-    is_hf = path.endswith(".safetensors") or path.endswith(".json") or (
-        os.path.isdir(path) and any(f.startswith("model.safetensors") for f in os.listdir(path)))
-    if not is_hf:
-      return t5_import.load_t5x_checkpoint(path, self.t5_config)
-    loaded, params = t5_import.load_hf_safetensors(path)
-    for field in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers",
-                  "relative_attention_num_buckets", "feed_forward"):
-      if getattr(loaded, field) != getattr(self.t5_config, field):
-        raise ConfigError(
-            f"text encoder weights {path!r} have {field}={getattr(loaded, field)} but the config "
-            f"says {getattr(self.t5_config, field)}; set --config.text_encoder.preset (e.g. "
-            "t5-v1_1-xxl) or the text_encoder keys to match the checkpoint")
-    return params
-
-  # --- text ----------------------------------------------------------------
-  def encode_text(self, params, tokens, mask):
-    """Frozen T5 embeddings [B, L, d_model] (no gradient reaches the encoder)."""
-    emb = self.text_encoder.apply({"params": params}, tokens, mask)
-    return jax.lax.stop_gradient(emb)
-
   # --- training ------------------------------------------------------------
   def init(self, stage, rng, batch):
     self._check_stage(stage)
@@ -150,7 +109,7 @@ class Imagen(Model):
       return self.text_encoder.init(rng, tokens, mask)
     x = batch["image"]
     b = x.shape[0]
-    text = jnp.zeros((b, tokens.shape[1], self.t5_config.d_model), self.dtype)
+    text = jnp.zeros((b, tokens.shape[1], self.text_encoder.width), self.dtype)
     logsnr = jnp.zeros((b,), jnp.float32)
     if self.cascade.index(stage) == 0:
       return self.unets[stage].init(rng, x, logsnr, text, mask)
@@ -159,10 +118,10 @@ class Imagen(Model):
   def loss(self, stage, params, batch, rng, frozen):
     self._check_stage(stage)
     if stage == TEXT_ENCODER:
-      return self._text_encoder_loss(params, batch, rng)
+      return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=self.cascade[0])
     s = self._stage(stage)
     drop_rng, aug_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 4)
-    text = self.encode_text(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+    text = self.text_encoder.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
     mask = guidance_lib.drop_condition(drop_rng, batch["mask"], float(s.text_drop))
     x = batch["image"].astype(jnp.float32)
     cond = {}
@@ -203,31 +162,6 @@ class Imagen(Model):
     noisy = alpha * up + sigma * jax.random.normal(rng, up.shape, jnp.float32)
     return {"low_res": noisy, "aug_logsnr": aug_logsnr}
 
-  def _text_encoder_loss(self, params, batch, rng):
-    """Masked-token pretraining: predict the caption's tokens from a copy with some replaced by a
-    sentinel id (the last of the vocabulary), through the tied embedding head."""
-    if self.config.text_encoder.weights:
-      raise ConfigError("config.text_encoder.weights is set, so the text encoder is imported and "
-                        "frozen; train the diffusion stages instead (--config.stage=" +
-                        self.cascade[0] + ")")
-    te = self.config.text_encoder
-    tokens, mask = batch["tokens"], batch["mask"]
-    select_rng, dropout_rng = jax.random.split(rng)
-    real = mask > 0
-    selected = jax.random.bernoulli(select_rng, float(te.mlm_probability), tokens.shape) & real
-    inputs = jnp.where(selected, self.t5_config.vocab_size - 1, tokens)
-    logits = self.text_encoder.apply({"params": params}, inputs, mask, deterministic=False,
-                                     rngs={"dropout": dropout_rng}, method=T5Encoder.mlm_logits)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
-    # Masked positions carry the objective; copying the visible tokens (small weight) keeps every
-    # output position tied to its own token, which is what the diffusion models read.
-    weights = selected + float(te.mlm_copy_weight) * (real & ~selected)
-    loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    correct = (jnp.argmax(logits, -1) == tokens)
-    n_sel = jnp.maximum(jnp.sum(selected), 1)
-    return loss, {"mlm_loss": jnp.sum(ce * selected) / n_sel,
-                  "mlm_accuracy": jnp.sum(correct * selected) / n_sel}
-
   # --- sampling ------------------------------------------------------------
   def default_request_options(self):
     return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
@@ -247,7 +181,7 @@ class Imagen(Model):
     sr_guidance = guidance if sample_cfg.sr_guidance < 0 else sample_cfg.sr_guidance
 
     tokens, mask = request.tokens, request.mask
-    text = self.encode_text(params[TEXT_ENCODER], tokens, mask)
+    text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
     b = tokens.shape[0]
     outputs = []
     for i, name in enumerate(self.cascade):

@@ -1,0 +1,269 @@
+"""Phenaki (Villegas et al. 2022, "Phenaki: Variable Length Video Generation From Open Domain
+Textual Descriptions"): a causal video tokenizer and a masked transformer over its tokens.
+
+Architecture (section 2 of the paper):
+  * Text: a frozen T5 encoder (jzoo.text.frozen: public weights, or a small
+    encoder pretrained here on the captions in the `text_encoder` stage).
+  * C-ViViT (jzoo.vq.cvivit, the `tokenizer` stage): the first frame is
+    patched on its own and the rest in tubelets, a spatial transformer per
+    time step and a causal temporal transformer, then vector quantisation; so
+    a clip of any length 1 + k·temporal_patch encodes its prefix the same way
+    and an image is a one-frame video.
+  * MaskGIT transformer (the `transformer` stage): a bidirectional
+    transformer over the video tokens with cross-attention to the text
+    embeddings, trained to predict masked tokens under the cosine schedule; 10%
+    of captions are dropped so that sampling can use classifier-free guidance.
+  * Generation: iterative parallel decoding (jzoo.nn.maskgit) from an
+    all-masked grid, or with the first time tokens given (image-to-video,
+    video continuation). Story mode: each further prompt generates a new
+    segment whose first time tokens are the re-encoded last frames of the
+    previous one, so segments join smoothly into one long video.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jzoo.diffusion import guidance as guidance_lib
+from jzoo.errors import ConfigError
+from jzoo.models.base import TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
+from jzoo.nn import layers, maskgit
+from jzoo.nn.transformer import Transformer, heads_for
+from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
+from jzoo.vq.cvivit import CViViT, tokenizer_loss
+
+TOKENIZER = "tokenizer"
+TRANSFORMER = "transformer"
+
+
+class MaskGITTransformer(nn.Module):
+  """Video tokens [B, t, h, w] (id `codebook_size` = [MASK]) + text -> logits [B, t, h, w, V]."""
+  codebook_size: int
+  width: int
+  num_layers: int
+  head_dim: int
+  mlp_dim: int
+  max_time_tokens: int
+  grid_size: int  # h = w of the token grid
+  dropout: float = 0.0
+  remat: str = "none"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, text, text_mask, deterministic=True):
+    b, t, h, w = tokens.shape
+    if t > self.max_time_tokens:
+      raise ValueError(f"{t} time tokens exceed the transformer's {self.max_time_tokens}")
+    embed = nn.Embed(self.codebook_size + 1, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                 ("vocab", "embed")),
+                     name="token_embedding")
+    x = embed(tokens)
+    # Factorised learned positions: time + row + column.
+    pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+    pos_t = self.param("position_time", pos_init, (self.max_time_tokens, self.width))
+    pos_h = self.param("position_height", pos_init, (self.grid_size, self.width))
+    pos_w = self.param("position_width", pos_init, (self.grid_size, self.width))
+    x = x + (pos_t[:t, None, None] + pos_h[None, :h, None] + pos_w[None, None, :w]).astype(x.dtype)
+    x = nn.with_logical_constraint(x.reshape(b, t * h * w, self.width), ("batch", "length", "embed"))
+    x = Transformer(self.num_layers, heads_for(self.width, self.head_dim), self.head_dim,
+                    self.mlp_dim, cross_attention=True, dropout=self.dropout, remat=self.remat,
+                    dtype=self.dtype, name="transformer")(
+                        x, context=text, context_mask=text_mask, deterministic=deterministic)
+    logits = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype,
+                          name="logits")(x)
+    return logits.reshape(b, t, h, w, self.codebook_size)
+
+
+class Phenaki(Model):
+  task = TEXT_TO_VIDEO
+  supports_story = True
+  stages = (TEXT_ENCODER, TOKENIZER, TRANSFORMER)
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.dtype = layers.dtype_of(config.train.dtype)
+    self.text_encoder = FrozenTextEncoder(config)
+    tk, tr = config.tokenizer, config.transformer
+    if tk.resolution % tk.patch_size:
+      raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of "
+                        f"tokenizer.patch_size {tk.patch_size}")
+    remat = str(config.train.remat)
+    self.tokenizer = CViViT(
+        patch_size=tk.patch_size, temporal_patch=tk.temporal_patch, width=tk.width,
+        num_heads=tk.num_heads, head_dim=tk.head_dim, mlp_dim=tk.mlp_dim,
+        spatial_layers=tk.spatial_layers, temporal_layers=tk.temporal_layers,
+        codebook_size=tk.codebook_size, code_dim=tk.code_dim, commitment=tk.commitment,
+        max_time_tokens=tk.max_time_tokens, image_size=tk.resolution, remat=remat,
+        dtype=self.dtype)
+    try:
+      self.time_tokens = self.tokenizer.num_time_tokens(int(tk.frames))
+    except ValueError as e:
+      raise ConfigError(f"tokenizer.frames: {e}") from None
+    if self.time_tokens > tk.max_time_tokens:
+      raise ConfigError(f"tokenizer.frames={tk.frames} needs {self.time_tokens} time tokens; "
+                        f"raise tokenizer.max_time_tokens ({tk.max_time_tokens})")
+    self.grid = tk.resolution // tk.patch_size
+    self.transformer = MaskGITTransformer(
+        codebook_size=tk.codebook_size, width=tr.width, num_layers=tr.num_layers,
+        head_dim=tr.head_dim, mlp_dim=tr.mlp_dim, max_time_tokens=tk.max_time_tokens,
+        grid_size=self.grid, dropout=tr.dropout, remat=remat, dtype=self.dtype)
+    heads_for(tr.width, tr.head_dim)
+
+  @property
+  def mask_id(self):
+    return int(self.config.tokenizer.codebook_size)
+
+  def _check_stage(self, stage):
+    if stage not in self.stages:
+      raise ConfigError(f"Phenaki has no stage {stage!r}; choose one of {list(self.stages)}")
+
+  # --- data ------------------------------------------------------------------
+  def data_spec(self, stage) -> DataSpec:
+    self._check_stage(stage)
+    tk = self.config.tokenizer
+    if stage == TEXT_ENCODER:  # only the captions matter: the smallest clips render fastest
+      return DataSpec("moving_shapes", int(self.config.text_encoder.resolution), 2,
+                      self.text_length)
+    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
+
+  @property
+  def output_shape(self):
+    tk = self.config.tokenizer
+    return (int(tk.frames), int(tk.resolution), int(tk.resolution))
+
+  def frozen_stages(self, stage):
+    self._check_stage(stage)
+    return (TEXT_ENCODER, TOKENIZER) if stage == TRANSFORMER else ()
+
+  # --- training --------------------------------------------------------------
+  def init(self, stage, rng, batch):
+    self._check_stage(stage)
+    if stage == TEXT_ENCODER:
+      return self.text_encoder.init(rng, batch["tokens"], batch["mask"])
+    if stage == TOKENIZER:
+      return self.tokenizer.init(rng, batch["video"])
+    b = batch["tokens"].shape[0]
+    tokens = jnp.zeros((b, self.time_tokens, self.grid, self.grid), jnp.int32)
+    text = jnp.zeros((b, batch["tokens"].shape[1], self.text_encoder.width), self.dtype)
+    return self.transformer.init(rng, tokens, text, batch["mask"])
+
+  def loss(self, stage, params, batch, rng, frozen):
+    self._check_stage(stage)
+    if stage == TEXT_ENCODER:
+      return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=TOKENIZER)
+    if stage == TOKENIZER:
+      return tokenizer_loss(self.tokenizer.apply({"params": params}, batch["video"]),
+                            batch["video"])
+    return self._transformer_loss(params, batch, rng, frozen)
+
+  def _transformer_loss(self, params, batch, rng, frozen):
+    drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
+    text = self.text_encoder.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+    text_mask = guidance_lib.drop_condition(drop_rng, batch["mask"],
+                                            float(self.config.transformer.text_drop))
+    codes = jax.lax.stop_gradient(self.encode_video(frozen[TOKENIZER], batch["video"]))
+    b = codes.shape[0]
+    flat = codes.reshape(b, -1)
+    masked = maskgit.training_mask(mask_rng, jnp.zeros(flat.shape, bool))
+    inputs = jnp.where(masked, self.mask_id, flat).reshape(codes.shape)
+    logits = self.transformer.apply({"params": params}, inputs, text, text_mask,
+                                    deterministic=False, rngs={"dropout": dropout_rng})
+    logits = logits.reshape(b, flat.shape[1], -1).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat)
+    n = jnp.maximum(jnp.sum(masked), 1)
+    loss = jnp.sum(ce * masked) / n
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == flat) * masked) / n
+    return loss, {"masked_ce": loss, "masked_accuracy": accuracy,
+                  "mask_fraction": jnp.mean(masked.astype(jnp.float32))}
+
+  # --- tokens <-> pixels -----------------------------------------------------
+  def encode_video(self, params, video):
+    """float [B, T, H, W, 3] in [-1, 1] -> codes int32 [B, t, h, w]."""
+    codes, _, _ = self.tokenizer.apply({"params": params}, video, method=CViViT.encode)
+    return codes
+
+  def decode_codes(self, params, codes):
+    """codes [B, t, h, w] -> float video [B, 1 + temporal_patch·(t-1), H, W, 3] in [-1, 1]."""
+    video = self.tokenizer.apply({"params": params}, codes, method=CViViT.decode_codes)
+    return jnp.clip(video.astype(jnp.float32), -1.0, 1.0)
+
+  # --- sampling --------------------------------------------------------------
+  def default_request_options(self):
+    return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
+
+  def generate(self, params, request: Request, rng):
+    """uint8 videos [B, T, H, W, 3]. Jittable; steps and guidance may be traced.
+
+    request.extra may hold:
+      "frames": float [B, F, H, W, 3] in [-1, 1], F = 1 + temporal_patch·(j-1): the clip starts
+        with these frames (image-to-video with F = 1, video continuation otherwise);
+      "story_tokens"/"story_mask": [S, B, L] further prompts: story mode, output
+        T + S·temporal_patch·(time tokens - story_context) frames long.
+    """
+    return to_uint8(self.generate_video(params, request, rng))
+
+  def generate_video(self, params, request: Request, rng):
+    """Like `generate`, as floats in [-1, 1]."""
+    sample_cfg = self.config.sample
+    steps = sample_cfg.steps if request.steps is None else request.steps
+    guidance = sample_cfg.guidance if request.guidance is None else request.guidance
+    extra = request.extra or {}
+    pt = int(self.config.tokenizer.temporal_patch)
+
+    first = extra.get("frames")
+    prefix = None if first is None else self.encode_video(params[TOKENIZER], first)
+    segment = self._segment(params, request.tokens, request.mask, prefix, steps, guidance,
+                            jax.random.fold_in(rng, 0))
+    video = [segment]
+    story_tokens, story_mask = extra.get("story_tokens"), extra.get("story_mask")
+    if story_tokens is not None:
+      context = int(sample_cfg.story_context)
+      if not 1 <= context < self.time_tokens:
+        raise ConfigError(f"sample.story_context must be in [1, {self.time_tokens - 1}], "
+                          f"got {context}")
+      keep = 1 + pt * (context - 1)  # frames of the previous segment re-encoded as context
+      for s in range(story_tokens.shape[0]):
+        prefix = self.encode_video(params[TOKENIZER], segment[:, -keep:])
+        segment = self._segment(params, story_tokens[s], story_mask[s], prefix, steps, guidance,
+                                jax.random.fold_in(rng, s + 1))
+        video.append(segment[:, keep:])
+    return jnp.concatenate(video, axis=1)
+
+  def _segment(self, params, tokens, mask, prefix, steps, guidance, rng):
+    """One clip of `tokenizer.frames` frames; its first time tokens are `prefix` if given."""
+    text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
+    b = tokens.shape[0]
+    grid = (self.time_tokens, self.grid, self.grid)
+    given_tokens = jnp.zeros((b, *grid), jnp.int32)
+    given = jnp.zeros((b, *grid), bool)
+    if prefix is not None:
+      j = prefix.shape[1]
+      if j >= self.time_tokens:
+        raise ConfigError(f"the given frames fill {j} of the clip's {self.time_tokens} time "
+                          "tokens; give fewer frames")
+      given_tokens = given_tokens.at[:, :j].set(prefix)
+      given = given.at[:, :j].set(True)
+    text2 = jnp.concatenate([text, text], axis=0)
+    mask2 = jnp.concatenate([mask, jnp.zeros_like(mask)], axis=0)
+    apply = self.transformer.apply
+
+    def logits_fn(flat_tokens):
+      grid_tokens = flat_tokens.reshape(b, *grid)
+      both = apply({"params": params[TRANSFORMER]}, jnp.concatenate([grid_tokens] * 2), text2,
+                   mask2)
+      cond, uncond = both[:b], both[b:]
+      guided = uncond + guidance * (cond - uncond)  # classifier-free guidance on the logits
+      return guided.reshape(b, -1, guided.shape[-1])
+
+    sample_cfg = self.config.sample
+    codes = maskgit.decode(logits_fn, given_tokens.reshape(b, -1), given.reshape(b, -1), rng,
+                           steps=steps, mask_id=self.mask_id,
+                           temperature=float(sample_cfg.temperature),
+                           choice_temperature=float(sample_cfg.choice_temperature))
+    return self.decode_codes(params[TOKENIZER], codes.reshape(b, *grid))
+
+
+def build(config):
+  return Phenaki(config)

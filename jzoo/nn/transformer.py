@@ -1,0 +1,131 @@
+"""Pre-LayerNorm transformer blocks over token sequences, shared by the zoo's transformers
+(C-ViViT, Phenaki's MaskGIT, NUWA, CogVideo, ...).
+
+Tokens are [B, L, E]. A block is
+    x = x + SelfAttention(LN(x), mask)
+    x = x + CrossAttention(LN(x), context, context_mask)   (optional)
+    x = x + MLP(LN(x))
+Residual branches start at zero (zero-initialised output projections), so a
+deep stack starts as the identity. Attention logits and softmax run in float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jzoo.nn import layers
+from jzoo.nn.attention import HeadsProjection, OutProjection, dot_product_attention
+
+TOKENS = ("batch", "length", "embed")
+
+
+def causal_mask(length):
+  """[1, 1, L, L] bool: position i attends to positions <= i."""
+  return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention of `x` [B, Q, E] to `context` [B, K, Ec] (`x` itself when None).
+
+  `mask`: bool, broadcastable to [B, heads, Q, K]. `null_kv` adds a learned key/value that every
+  query may attend to, so a context with every position masked (classifier-free guidance's
+  unconditional pass) is well defined."""
+  num_heads: int
+  head_dim: int
+  null_kv: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, mask=None):
+    context = x if context is None else context
+    heads, d = self.num_heads, self.head_dim
+    q = HeadsProjection(heads, d, self.dtype, name="query")(x)
+    k = HeadsProjection(heads, d, self.dtype, name="key")(context)
+    v = HeadsProjection(heads, d, self.dtype, name="value")(context)
+    q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
+    if self.null_kv:
+      b = x.shape[0]
+      init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "kv"))
+      null = [jnp.broadcast_to(self.param(n, init, (heads, d), jnp.float32).astype(k.dtype),
+                               (b, 1, heads, d)) for n in ("null_key", "null_value")]
+      k = jnp.concatenate([null[0], k], axis=1)
+      v = jnp.concatenate([null[1], v], axis=1)
+      if mask is not None:  # the null key is always attendable
+        mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], 1), bool), mask], axis=-1)
+    y = dot_product_attention(q, k, v, mask)
+    return OutProjection(x.shape[-1], self.dtype, name="out")(y)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> dropout -> Dense (zero-initialised)."""
+  hidden: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    h = nn.gelu(layers.dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="wi")(x))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return layers.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, init_scale=0.0,
+                        name="wo")(h)
+
+
+class TransformerBlock(nn.Module):
+  """One pre-LN block: self-attention, optional cross-attention to a context, MLP."""
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  cross_attention: bool = False
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None, context=None, context_mask=None, deterministic=True):
+    drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = layers.LayerNorm(self.dtype, name="norm_self")(x)
+    x = x + drop(Attention(self.num_heads, self.head_dim, dtype=self.dtype,
+                           name="self_attention")(h, mask=mask))
+    if self.cross_attention:
+      if context is None:
+        raise ValueError("this block has cross-attention: pass a context")
+      cmask = None if context_mask is None else (context_mask > 0)[:, None, None, :]
+      h = layers.LayerNorm(self.dtype, name="norm_cross")(x)
+      x = x + drop(Attention(self.num_heads, self.head_dim, null_kv=True, dtype=self.dtype,
+                             name="cross_attention")(h, context, cmask))
+    h = layers.LayerNorm(self.dtype, name="norm_mlp")(x)
+    x = x + MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(h, deterministic)
+    return nn.with_logical_constraint(x, TOKENS)
+
+
+class Transformer(nn.Module):
+  """`num_layers` blocks (`layers_{i}`) and a final LayerNorm.
+
+  `remat="full"` recomputes each block in the backward pass (activation memory O(1) blocks)."""
+  num_layers: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  cross_attention: bool = False
+  dropout: float = 0.0
+  remat: str = "none"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None, context=None, context_mask=None, deterministic=True):
+    block = TransformerBlock
+    if self.remat == "full":
+      block = nn.remat(TransformerBlock, static_argnums=(5,))
+    for i in range(self.num_layers):
+      x = block(self.num_heads, self.head_dim, self.mlp_dim, self.cross_attention, self.dropout,
+                self.dtype, name=f"layers_{i}")(x, mask, context, context_mask, deterministic)
+    return layers.LayerNorm(self.dtype, name="norm_out")(x)
+
+
+def heads_for(width, head_dim):
+  """Number of heads of `head_dim` in `width`; a clear error when it does not divide."""
+  if width % head_dim:
+    raise ValueError(f"width {width} is not a multiple of head_dim {head_dim}")
+  return width // head_dim
+

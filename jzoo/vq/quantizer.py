@@ -1,0 +1,101 @@
+"""A factorized, l2-normalised vector quantizer (ViT-VQGAN, Yu et al. 2021; used by Phenaki).
+
+Why factorized: looking codes up in the model width E (512 and more) leaves
+most of a large codebook unused. The input is projected down to a small
+`code_dim` (32 in ViT-VQGAN and Phenaki) for the nearest-neighbour lookup and
+the chosen code is projected back up to E, which raises codebook usage.
+
+Why l2-normalised: with inputs and codes on the unit sphere, the squared
+Euclidean distance is 2 - 2 cos, so the lookup compares directions only;
+training is more stable and codes do not drift to large norms.
+
+Gradients reach the encoder through the straight-through estimator (the
+quantized vector in the forward pass, the identity in the backward pass); the
+codebook and the encoder are pulled together by the VQ-VAE loss
+    ||sg(z) - e||^2 + commitment * ||z - sg(e)||^2,
+computed on the low-dimensional (normalised) vectors in float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jzoo.nn import layers
+
+
+def l2_normalize(x, eps=1e-12):
+  """x / ||x|| over the last axis (zero vectors stay finite)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+def squared_distances(a, b):
+  """||a_i - b_j||^2 for a [N, D], b [K, D] -> float32 [N, K].
+
+  The expanded form ||a||^2 - 2 a.b + ||b||^2 needs O(N K) memory, where the
+  broadcast difference would need O(N K D)."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  return (jnp.sum(a * a, axis=-1)[:, None] - 2.0 * (a @ b.T) + jnp.sum(b * b, axis=-1)[None, :])
+
+
+class VectorQuantizer(nn.Module):
+  """z [..., E] -> (z_q [..., E], codes int32 [...], aux) with a `codebook_size` x `code_dim` book.
+
+  E is the field `features`. `aux` holds float32 scalars: `vq_loss` (to add to
+  the training loss), `codebook_usage` (fraction of the codebook used in this
+  batch) and `perplexity` (exp of the entropy of the batch's code histogram; at
+  most `codebook_size`, reached when every code is used equally often)."""
+  codebook_size: int
+  code_dim: int
+  features: int  # E: the width of the inputs and outputs (`decode_codes` has no input to read it)
+  l2_normalize: bool = True
+  commitment: float = 0.25
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.normal(1.0)
+    self.codebook = self.param("codebook", nn.with_logical_partitioning(init, ("vocab", None)),
+                               (self.codebook_size, self.code_dim), jnp.float32)
+    self.project_in = layers.dense(self.code_dim, ("embed", None), dtype=self.dtype,
+                                   name="project_in")
+    self.project_out = layers.dense(self.features, (None, "embed"), dtype=self.dtype,
+                                    name="project_out")
+
+  def _codes_table(self):
+    """The codebook as the lookup sees it (normalised when `l2_normalize`), float32 [K, D]."""
+    book = jnp.asarray(self.codebook, jnp.float32)
+    return l2_normalize(book) if self.l2_normalize else book
+
+  def __call__(self, z):
+    if z.shape[-1] != self.features:
+      raise ValueError(f"the quantizer was built for width {self.features}, got {z.shape[-1]}")
+    z_e = self.project_in(z).astype(jnp.float32)
+    if self.l2_normalize:
+      z_e = l2_normalize(z_e)
+    book = self._codes_table()
+    flat = z_e.reshape(-1, self.code_dim)
+    codes = jnp.argmin(squared_distances(flat, book), axis=-1).astype(jnp.int32)
+    z_q = jnp.take(book, codes, axis=0).reshape(z_e.shape)
+
+    sg = jax.lax.stop_gradient
+    codebook_loss = jnp.mean(jnp.square(sg(z_e) - z_q))
+    commit_loss = jnp.mean(jnp.square(z_e - sg(z_q)))
+    # Straight-through: the value is exactly z_q (z_e - sg(z_e) is exactly 0), the gradient w.r.t.
+    # z_e is the identity. Written this way (not z_e + sg(z_q - z_e)) so that `decode_codes` gives
+    # bit-identical outputs for the same codes.
+    z_st = z_q + (z_e - sg(z_e))
+
+    counts = jnp.zeros((self.codebook_size,), jnp.float32).at[codes].add(1.0)
+    probs = counts / codes.size
+    aux = dict(
+        vq_loss=codebook_loss + self.commitment * commit_loss,
+        codebook_usage=jnp.mean((counts > 0).astype(jnp.float32)),
+        perplexity=jnp.exp(-jnp.sum(jax.scipy.special.xlogy(probs, probs))),
+    )
+    return self.project_out(z_st), codes.reshape(z.shape[:-1]), aux
+
+  def decode_codes(self, codes):
+    """codes int32 [...] -> z_q [..., E]: `__call__`'s lookup and up-projection (generation)."""
+    z_q = jnp.take(self._codes_table(), codes.astype(jnp.int32), axis=0)
+    return self.project_out(z_q)

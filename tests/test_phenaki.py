@@ -1,0 +1,270 @@
+"""Phenaki (micro config): configs, the MaskGIT schedule and decoder, stages, story mode, and
+training through the real trainer on 8 fake devices."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jzoo import config as config_lib
+from jzoo import registry
+from jzoo import sample
+from jzoo.configs import phenaki as phenaki_configs
+from jzoo.errors import ConfigError
+from jzoo.models import phenaki
+from jzoo.models.base import Request, count_params
+from jzoo.nn import maskgit
+from jzoo.training.loop import train_and_evaluate
+from jzoo.training.metrics import read_metrics
+
+B = 2
+
+
+def micro_config(*overrides):
+  return config_lib.load("phenaki:micro", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return phenaki.build(micro_config())
+
+
+def moving_square_batch(model, batch_size=B, seed=0):
+  """Captions of random tokens and clips of one square sliding right, like `moving_shapes`."""
+  spec = model.data_spec("transformer")
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
+  mask = (np.arange(spec.text_length)[None] < 6).astype(np.int32).repeat(batch_size, 0)
+  r, t = spec.resolution, spec.frames
+  video = -np.ones((batch_size, t, r, r, 3), np.float32)
+  for i in range(batch_size):
+    colour = rng.choice([-1.0, 1.0], 3)
+    colour[0] = 1.0
+    for f in range(t):
+      x = 1 + f
+      video[i, f, 5:10, x:x + 5] = colour
+  return {"video": jnp.asarray(video), "tokens": jnp.asarray(tokens * mask),
+          "mask": jnp.asarray(mask)}
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  """Initial parameters plus noise: zero-initialised residual branches would hide the text."""
+  batch = moving_square_batch(model)
+  params = {stage: model.init(stage, jax.random.PRNGKey(i), batch)["params"]
+            for i, stage in enumerate(model.stages)}
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [
+      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+# --- configs --------------------------------------------------------------------------------
+
+
+def test_configs_and_stages():
+  for variant in phenaki_configs.VARIANTS:
+    c = phenaki_configs.get_config(variant)
+    assert c.stage == "transformer" and c.model == "phenaki"
+    for stage in ("text_encoder", "tokenizer", "transformer"):
+      s = phenaki_configs.get_config(f"{variant},stage={stage}")
+      assert s.stage == stage
+  tiny = phenaki_configs.get_config("tiny_shapes,stage=tokenizer")
+  assert tiny.train.steps == tiny.tokenizer.train.steps
+  assert tiny.tokenizer.frames >= 16 and tiny.tokenizer.resolution >= 32
+  with pytest.raises(ValueError, match="unknown stage"):
+    phenaki_configs.get_config("micro,stage=sr")
+  with pytest.raises(ConfigError, match="frames"):
+    phenaki.build(micro_config("tokenizer.frames=4"))
+
+
+def test_paper_parameter_counts_are_the_papers():
+  model = phenaki.build(config_lib.load("phenaki:paper"))
+  counts = {s: count_params(registry.abstract_params(model, s)) for s in model.stages}
+  assert 1.6e9 < counts["transformer"] < 2.0e9, counts  # "a 1.8B parameter transformer"
+  assert 4.6e9 < counts["text_encoder"] < 4.9e9, counts  # T5-XXL encoder
+  assert counts["tokenizer"] < 2e8, counts
+
+
+def test_stages_and_frozen_dependencies(model):
+  assert model.stages == ("text_encoder", "tokenizer", "transformer")
+  assert model.frozen_stages("transformer") == ("text_encoder", "tokenizer")
+  assert model.frozen_stages("tokenizer") == ()
+  spec = model.data_spec("tokenizer")
+  assert (spec.dataset, spec.frames, spec.resolution) == ("moving_shapes", 5, 16)
+  assert model.output_shape == (5, 16, 16)
+
+
+# --- the MaskGIT schedule and decoder ------------------------------------------------------------
+
+
+def test_training_mask_follows_the_cosine_schedule_and_spares_given_tokens():
+  n = 200
+  given = jnp.zeros((4000, n), bool).at[:, :50].set(True)
+  masked = np.asarray(maskgit.training_mask(jax.random.PRNGKey(0), given))
+  assert not masked[:, :50].any()
+  fraction = masked[:, 50:].sum(1) / 150.0
+  assert (fraction >= 1 / 150.0).all()  # at least one token
+  # E[cos(pi/2 r)] = 2/pi for r ~ U(0, 1); the ceil adds < 1/150.
+  assert abs(fraction.mean() - 2 / np.pi) < 0.02, fraction.mean()
+  # The distribution, not only the mean: P(fraction > 0.5) = P(r < 2/3) = 2/3.
+  assert abs((fraction > 0.5).mean() - 2 / 3) < 0.03
+
+
+def test_num_still_masked_decreases_to_zero():
+  for steps in (1, 4, 12):
+    left = [int(maskgit.num_still_masked(s, steps, jnp.float32(64.0))) for s in range(steps)]
+    assert left[-1] == 0
+    assert all(a > b for a, b in zip([64] + left, left)), left  # strictly fewer every step
+
+
+def test_decode_unmasks_every_token_and_keeps_given_ones():
+  b, n, v = 3, 40, 7
+  calls = []
+
+  def logits_fn(tokens):
+    calls.append(tokens)
+    return jnp.zeros((b, n, v)).at[..., 2].set(3.0)  # prefers code 2
+
+  given = jnp.zeros((b, n), bool).at[:, :10].set(True)
+  given_tokens = jnp.full((b, n), 5, jnp.int32)
+  for steps in (1, 3, 8):
+    out = np.asarray(maskgit.decode(logits_fn, given_tokens, given, jax.random.PRNGKey(1),
+                                    steps=steps, mask_id=v))
+    assert (out != v).all() and (out[:, :10] == 5).all()
+    assert (out[:, 10:] < v).all() and (out[:, 10:] == 2).mean() > 0.5
+
+
+def test_decode_with_traced_steps_compiles_once():
+  traces = []
+
+  def run(steps, rng):
+    traces.append(1)
+    return maskgit.decode(lambda t: jnp.zeros((1, 16, 4)), jnp.zeros((1, 16), jnp.int32),
+                          jnp.zeros((1, 16), bool), rng, steps=steps, mask_id=4)
+
+  f = jax.jit(run)
+  for steps in (2, 5, 9):
+    assert (np.asarray(f(jnp.int32(steps), jax.random.PRNGKey(steps))) < 4).all()
+  assert len(traces) == 1
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+
+def test_transformer_loss_trains_and_no_gradient_reaches_frozen_stages(model, params):
+  import optax
+  batch = moving_square_batch(model)
+  frozen = {s: params[s] for s in model.frozen_stages("transformer")}
+  grad_fn = jax.jit(jax.value_and_grad(
+      lambda p, f, k: model.loss("transformer", p, batch, k, f)[0], argnums=(0, 1)))
+  (_, (grads, frozen_grads)) = grad_fn(params["transformer"], frozen, jax.random.PRNGKey(0))
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(frozen_grads))
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
+
+  opt = optax.adam(3e-3)
+  p, state = params["transformer"], opt.init(params["transformer"])
+
+  @jax.jit
+  def step(p, state, k):
+    loss, g = jax.value_and_grad(lambda q: model.loss("transformer", q, batch, k, frozen)[0])(p)
+    updates, state = opt.update(g, state)
+    return optax.apply_updates(p, updates), state, loss
+
+  losses = []
+  for i in range(40):
+    p, state, loss = step(p, state, jax.random.PRNGKey(i))
+    losses.append(float(loss))
+  assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
+
+
+def test_tokenizer_stage_reports_reconstruction_metrics(model, params):
+  batch = moving_square_batch(model)
+  loss, metrics = model.loss("tokenizer", params["tokenizer"], batch, jax.random.PRNGKey(0), {})
+  assert np.isfinite(float(loss))
+  for key in ("mse", "psnr", "codebook_usage"):
+    assert key in metrics
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+def request_for(model, batch, **extra):
+  return Request(tokens=batch["tokens"], mask=batch["mask"], steps=jnp.int32(3),
+                 guidance=jnp.float32(2.0), extra=extra)
+
+
+def test_generate_shapes_and_seed_reproducibility(model, params):
+  batch = moving_square_batch(model)
+  gen = jax.jit(lambda p, r, k: model.generate(p, r, k))
+  a = np.asarray(gen(params, request_for(model, batch), jax.random.PRNGKey(0)))
+  b = np.asarray(gen(params, request_for(model, batch), jax.random.PRNGKey(0)))
+  assert a.shape == (B, 5, 16, 16, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+
+
+def test_guidance_weight_one_is_the_conditional_model(model, params):
+  batch = moving_square_batch(model)
+  b = batch["tokens"].shape[0]
+  text = model.text_encoder.encode(params["text_encoder"], batch["tokens"], batch["mask"])
+  tokens = jnp.full((b, model.time_tokens, model.grid, model.grid), model.mask_id, jnp.int32)
+  cond = model.transformer.apply({"params": params["transformer"]}, tokens, text, batch["mask"])
+  uncond = model.transformer.apply({"params": params["transformer"]}, tokens, text,
+                                   jnp.zeros_like(batch["mask"]))
+  assert float(jnp.abs(cond - uncond).max()) > 1e-4  # the text matters, so the check can fail
+  guided = uncond + 1.0 * (cond - uncond)
+  np.testing.assert_allclose(guided, cond, atol=1e-5)
+
+
+def test_image_to_video_keeps_the_given_first_frame_tokens(model, params):
+  batch = moving_square_batch(model)
+  first = batch["video"][:, :1]
+  out = model.generate_video(params, request_for(model, batch, frames=first),
+                             jax.random.PRNGKey(3))
+  # The first time token is fixed to the given frame's codes and the decoder is causal, so the
+  # first output frame is the tokenizer's reconstruction of the given one, whatever was sampled.
+  want = model.decode_codes(params["tokenizer"], model.encode_video(params["tokenizer"], first))
+  np.testing.assert_allclose(out[:, :1], want[:, :1], atol=1e-5)
+  free = model.generate_video(params, request_for(model, batch), jax.random.PRNGKey(3))
+  assert float(jnp.abs(free[:, :1] - want[:, :1]).max()) > 1e-3  # the check can fail
+
+
+def test_story_mode_output_length_and_joint(model, params):
+  batch = moving_square_batch(model)
+  story = jnp.stack([batch["tokens"], batch["tokens"]])
+  story_mask = jnp.stack([batch["mask"], batch["mask"]])
+  out = model.generate(params, request_for(model, batch, story_tokens=story,
+                                           story_mask=story_mask), jax.random.PRNGKey(0))
+  # 5 frames, then two segments that each add 5 - 1 frames (story_context 1 = the last frame).
+  assert out.shape == (B, 5 + 2 * 4, 16, 16, 3)
+  with pytest.raises(ConfigError, match="story_context"):
+    bad = phenaki.build(micro_config("sample.story_context=3"))
+    bad.generate(params, request_for(bad, batch, story_tokens=story, story_mask=story_mask),
+                 jax.random.PRNGKey(0))
+
+
+# --- the real trainer on 8 devices, then the CLI's story mode ---------------------------------------
+
+
+def test_micro_trains_on_8_devices_and_tells_a_story(tmp_path, capsys):
+  workdir = str(tmp_path / "phenaki")
+  for stage in ("text_encoder", "tokenizer", "transformer"):
+    config = config_lib.load("phenaki:micro", [
+        f"stage={stage}", "train.steps=16", "train.log_every=1", "train.checkpoint_every=16",
+        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "optim.lr=3e-3"])
+    train_and_evaluate(config, workdir, devices=jax.devices(), progress=False)
+    curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
+    assert len(curve) == 16 and np.all(np.isfinite(curve)), stage
+    assert curve[-4:].mean() < curve[:4].mean(), (stage, curve)
+  out = str(tmp_path / "story.gif")
+  try:
+    sample.main(["--model", "phenaki-micro", "--checkpoint", workdir, "--steps", "2",
+                 "--prompt", "a red circle moving right", "--prompt", "a blue square moving up",
+                 "--out", out])
+  except SystemExit as e:
+    assert e.code in (0, None), capsys.readouterr().err
+  with Image.open(out) as gif:
+    assert (gif.n_frames, gif.size) == (5 + 4, (16, 16))
