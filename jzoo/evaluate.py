@@ -127,6 +127,8 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
   )
   if video:
     report["frechet_video_distance"] = fvd
+  if hasattr(model, "reconstruct"):  # a visual tokenizer: what its codes keep of real samples
+    report["tokenizer_psnr"] = reconstruction_psnr(model, params, real, batch_size)
   report["evaluator"] = dict(
       relation_tolerance=alignment.RELATION_TOLERANCE, min_travel=alignment.MIN_TRAVEL,
       max_drift=alignment.MAX_DRIFT, min_area=alignment.MIN_AREA,
@@ -140,6 +142,19 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
   return report
 
 
+def reconstruction_psnr(model, params, real, batch_size):
+  """Mean PSNR (dB, per sample) of `model.reconstruct` on uint8 samples."""
+  import jax
+  import jax.numpy as jnp
+  fn = jax.jit(model.reconstruct)
+  values = []
+  for start in range(0, len(real), batch_size):
+    x = jnp.asarray(np.stack(real[start:start + batch_size]), jnp.float32) / 127.5 - 1.0
+    err = np.asarray(jnp.mean(jnp.square(fn(params, x) - x), axis=tuple(range(1, x.ndim))))
+    values.extend(10.0 * np.log10(4.0 / np.maximum(err, 1e-10)))
+  return float(np.mean(values))
+
+
 def headline(report):
   """One line of the numbers that matter."""
   attrs = " ".join(f"{k} {v:.2f}" for k, v in report["attributes"].items())
@@ -149,6 +164,8 @@ def headline(report):
     parts.append(f"FD {report['frechet_distance']:.3f}")
     if report.get("frechet_video_distance") is not None:
       parts.append(f"FVD {report['frechet_video_distance']:.3f}")
+  if report.get("tokenizer_psnr") is not None:
+    parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB")
   return " | ".join(parts)
 
 

@@ -4,6 +4,9 @@
   python -m jzoo.sample --prompt "a small red circle in the top left corner" --out red.png
   python -m jzoo.sample --prompts-file prompts.txt --out outdir/   # outdir/0000.png, 0001.png, ...
   python -m jzoo.sample --model imagen-tiny-shapes --checkpoint runs/imagen --num 4
+  python -m jzoo.sample --model phenaki-tiny-shapes --prompt "a red circle moving right" \
+      --prompt "a red circle moving down"                 # story mode: one video, two segments
+  python -m jzoo.sample --model phenaki-tiny-shapes --start first.png --prompt "..."  # image-to-video
   python -m jzoo.sample --list
 """
 
@@ -36,6 +39,9 @@ def build_parser():
   p.add_argument("--num", type=int, default=1, help="samples per prompt")
   p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
   p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+  p.add_argument("--start", default=None,
+                 help="video models: a PNG (image-to-video) or GIF (continuation) whose frames "
+                      "start every video")
   p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train")
   p.add_argument("--format", choices=("png", "gif", "mp4"), default=None)
   p.add_argument("--batch-size", type=int, default=16, help="samples generated per device call")
@@ -140,8 +146,10 @@ def load_checkpoint_params(model, model_dir):
   return params
 
 
-def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, story):
-  """Returns a list of uint8 arrays, one per output, in prompt-major order."""
+def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, story, start=None):
+  """Returns a list of uint8 arrays, one per output, in prompt-major order.
+
+  start: uint8 frames [F, H, W, 3] every video starts with (models with `check_start_frames`)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -154,13 +162,23 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
   guidance = options["guidance"] if guidance is None else guidance
   gen = functools.partial(_jitted_generate(), model)
   key = jax.random.PRNGKey(seed)
+  extra = {}
+  start_frames = None
+  if start is not None:
+    model.check_start_frames(start.shape)
+    start_frames = jnp.asarray(start, jnp.float32)[None] / 127.5 - 1.0
+
+  def with_start(extra, batch):
+    if start_frames is None:
+      return extra
+    return dict(extra, frames=jnp.broadcast_to(start_frames, (batch, *start_frames.shape[1:])))
 
   if story:
     tokens, mask = tokenizer.encode_batch(prompts, model.text_length)
     request = Request(tokens=jnp.asarray(tokens[:1]), mask=jnp.asarray(mask[:1]),
                       steps=jnp.int32(steps), guidance=jnp.float32(guidance),
-                      extra={"story_tokens": jnp.asarray(tokens[1:, None]),
-                             "story_mask": jnp.asarray(mask[1:, None])})
+                      extra=with_start({"story_tokens": jnp.asarray(tokens[1:, None]),
+                                        "story_mask": jnp.asarray(mask[1:, None])}, 1))
     return [np.asarray(gen(params, request, key))[0]]
 
   flat = [p for p in prompts for _ in range(num)]
@@ -171,7 +189,7 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
     padded = chunk + [chunk[-1]] * (bs - len(chunk))  # one shape: no recompilation
     tokens, mask = tokenizer.encode_batch(padded, model.text_length)
     request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=jnp.int32(steps),
-                      guidance=jnp.float32(guidance))
+                      guidance=jnp.float32(guidance), extra=with_start(extra, bs))
     out = np.asarray(gen(params, request, jax.random.fold_in(key, b)))
     outputs.extend(out[:len(chunk)])
   return outputs
@@ -212,10 +230,17 @@ def main(argv=None):
     raise UserError(f"{args.model} makes images; use --format png")
   if video and ext == "png":
     raise UserError(f"{args.model} makes videos; use --format gif or --format mp4")
+  start = None
+  if args.start is not None:
+    if not hasattr(model, "check_start_frames"):
+      raise UserError(f"model {args.model!r} cannot start from given frames; drop --start")
+    from jzoo.io import read_frames
+    start = read_frames(args.start)
+    model.check_start_frames(start.shape)
   paths = output_paths(args, args.model, prompts, story, ext)
   model, params = load_model_and_params(args)
   outputs = generate(model, params, prompts, num=args.num, seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, batch_size=args.batch_size, story=story)
+                     guidance=args.guidance, batch_size=args.batch_size, story=story, start=start)
   from jzoo.io import write_media
   for path, x in zip(paths, outputs):
     write_media(path, x, ext)

@@ -130,6 +130,22 @@ def test_evaluate_videos_gives_the_known_accuracy(tmp_path):
   assert saved["dataset"] == "moving_shapes" and saved["output_shape"] == [8, 32, 32]
 
 
+class FakeTokenizerModel(FakeModel):
+  """A video model with a visual tokenizer whose round trip shifts every value by 0.1."""
+
+  def reconstruct(self, params, video):
+    return video - 0.1
+
+
+def test_evaluate_reports_the_tokenizer_psnr():
+  model = FakeTokenizerModel(TEXT_TO_VIDEO, (4, 32, 32), "test", 5, corrupt=())
+  report = evaluate_lib.evaluate(model, {}, "test", 5, batch_size=2)
+  assert report["tokenizer_psnr"] == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
+  assert "tokenizer PSNR 26.02 dB" in evaluate_lib.headline(dict(report, model="fake"))
+  assert "tokenizer_psnr" not in evaluate_lib.evaluate(FakeModel(TEXT_TO_VIDEO, (4, 32, 32),
+                                                                 "test", 2, ()), {}, "test", 2)
+
+
 @pytest.mark.parametrize("split,num,message", [("train", 4, "unknown split"), ("test", 0, "positive"),
                                                ("test", 2001, "more than the 2000")])
 def test_evaluate_rejects_bad_requests(split, num, message):

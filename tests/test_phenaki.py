@@ -268,3 +268,20 @@ def test_micro_trains_on_8_devices_and_tells_a_story(tmp_path, capsys):
     assert e.code in (0, None), capsys.readouterr().err
   with Image.open(out) as gif:
     assert (gif.n_frames, gif.size) == (5 + 4, (16, 16))
+
+
+def test_cli_image_to_video_starts_from_the_given_frame(tmp_path, capsys):
+  first = np.zeros((16, 16, 3), np.uint8)
+  first[4:10, 2:8] = (255, 0, 0)
+  png = str(tmp_path / "first.png")
+  Image.fromarray(first).save(png)
+  out = str(tmp_path / "v.gif")
+  sample.main(["--model", "phenaki-micro", "--random-weights", "--steps", "2", "--start", png,
+               "--prompt", "a red square moving right", "--out", out])
+  with Image.open(out) as gif:
+    assert (gif.n_frames, gif.size) == (5, (16, 16))
+  bad = str(tmp_path / "big.png")
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(bad)
+  with pytest.raises(SystemExit) as e:
+    sample.main(["--model", "phenaki-micro", "--random-weights", "--start", bad, "--out", out])
+  assert e.value.code == 2 and "16x16" in capsys.readouterr().err

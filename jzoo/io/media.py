@@ -1,4 +1,4 @@
-"""PNG / GIF / MP4 writers and grids. Inputs are uint8 [H,W,3] images or [T,H,W,3] videos."""
+"""PNG / GIF / MP4 writers, a PNG/GIF reader, and grids. uint8 [H,W,3] images or [T,H,W,3] videos."""
 
 import os
 
@@ -24,6 +24,21 @@ def _prepare(path):
     raise UserError(f"cannot create output folder {folder!r} ({e.strerror}); choose a writable --out") from None
   if not os.access(folder, os.W_OK):
     raise UserError(f"output folder {folder!r} is not writable; choose a writable --out")
+
+
+def read_frames(path):
+  """uint8 RGB frames [T, H, W, 3] of a PNG/JPEG image (T = 1) or an animated GIF."""
+  if not os.path.isfile(path):
+    raise UserError(f"{path!r} does not exist; give a PNG image or a GIF video")
+  try:
+    with Image.open(path) as im:
+      frames = []
+      for i in range(getattr(im, "n_frames", 1)):
+        im.seek(i)
+        frames.append(np.asarray(im.convert("RGB")))
+  except OSError:
+    raise UserError(f"cannot read {path!r} as an image or GIF") from None
+  return np.stack(frames)
 
 
 def write_image(path, image):

@@ -178,6 +178,20 @@ class Phenaki(Model):
     return loss, {"masked_ce": loss, "masked_accuracy": accuracy,
                   "mask_fraction": jnp.mean(masked.astype(jnp.float32))}
 
+  def check_start_frames(self, shape):
+    """ConfigError unless frames of `shape` [F, H, W, 3] can start a clip (image-to-video with
+    F = 1, continuation with F = 1 + temporal_patch·(j-1) < the clip's frames)."""
+    tk = self.config.tokenizer
+    f, rest = shape[0], tuple(shape[1:])
+    size = (int(tk.resolution), int(tk.resolution), 3)
+    pt = int(tk.temporal_patch)
+    if rest != size:
+      raise ConfigError(f"start frames are {rest[0]}x{rest[1]}; this model makes "
+                        f"{size[0]}x{size[1]} videos")
+    if (f - 1) % pt or f >= int(tk.frames):
+      raise ConfigError(f"start with 1 + {pt}·j frames, fewer than the clip's {tk.frames} "
+                        f"(1, {1 + pt}, ...), got {f}")
+
   # --- tokens <-> pixels -----------------------------------------------------
   def encode_video(self, params, video):
     """float [B, T, H, W, 3] in [-1, 1] -> codes int32 [B, t, h, w]."""
@@ -188,6 +202,10 @@ class Phenaki(Model):
     """codes [B, t, h, w] -> float video [B, 1 + temporal_patch·(t-1), H, W, 3] in [-1, 1]."""
     video = self.tokenizer.apply({"params": params}, codes, method=CViViT.decode_codes)
     return jnp.clip(video.astype(jnp.float32), -1.0, 1.0)
+
+  def reconstruct(self, params, video):
+    """The tokenizer's round trip of float videos in [-1, 1] (what its codes keep of a clip)."""
+    return self.decode_codes(params[TOKENIZER], self.encode_video(params[TOKENIZER], video))
 
   # --- sampling --------------------------------------------------------------
   def default_request_options(self):
