@@ -69,8 +69,8 @@ def bench_training(config, stage, steps):
 
 def bench_sampling(model, params, num, repeats=3):
   """Seconds for `num` samples at the default settings, after one compiling call."""
-  from jzoo.sample import generate
-  prompts = ["a small red circle in the center"] * num
+  from jzoo.sample import DEFAULT_PROMPTS, generate
+  prompts = [DEFAULT_PROMPTS[model.task]] * num
   kwargs = dict(num=1, seed=0, steps=None, guidance=None, batch_size=num, story=False)
   t0 = time.perf_counter()
   generate(model, params, prompts, **kwargs)

@@ -128,7 +128,12 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
   if video:
     report["frechet_video_distance"] = fvd
   if hasattr(model, "reconstruct"):  # a visual tokenizer: what its codes keep of real samples
-    report["tokenizer_psnr"] = reconstruction_psnr(model, params, real, batch_size)
+    psnr, recons = reconstruction_psnr(model, params, real, batch_size)
+    report["tokenizer_psnr"] = psnr
+    # The evaluator on the tokenizer's round trips of the real samples: the accuracy a perfect
+    # generator of tokens could reach through this tokenizer.
+    report["tokenizer_accuracy"] = float(np.mean(
+        [alignment.score(x, c)["correct"] for x, c in zip(recons, captions)]))
   report["evaluator"] = dict(
       relation_tolerance=alignment.RELATION_TOLERANCE, min_travel=alignment.MIN_TRAVEL,
       max_drift=alignment.MAX_DRIFT, min_area=alignment.MIN_AREA,
@@ -143,16 +148,20 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
 
 
 def reconstruction_psnr(model, params, real, batch_size):
-  """Mean PSNR (dB, per sample) of `model.reconstruct` on uint8 samples."""
+  """Mean PSNR (dB, per sample) of `model.reconstruct` on uint8 samples, and the round trips
+  as uint8."""
   import jax
   import jax.numpy as jnp
+  from jzoo.models.base import to_uint8
   fn = jax.jit(model.reconstruct)
-  values = []
+  values, recons = [], []
   for start in range(0, len(real), batch_size):
     x = jnp.asarray(np.stack(real[start:start + batch_size]), jnp.float32) / 127.5 - 1.0
-    err = np.asarray(jnp.mean(jnp.square(fn(params, x) - x), axis=tuple(range(1, x.ndim))))
+    y = fn(params, x)
+    err = np.asarray(jnp.mean(jnp.square(y - x), axis=tuple(range(1, x.ndim))))
     values.extend(10.0 * np.log10(4.0 / np.maximum(err, 1e-10)))
-  return float(np.mean(values))
+    recons.extend(np.asarray(to_uint8(y)))
+  return float(np.mean(values)), recons
 
 
 def headline(report):
@@ -165,7 +174,8 @@ def headline(report):
     if report.get("frechet_video_distance") is not None:
       parts.append(f"FVD {report['frechet_video_distance']:.3f}")
   if report.get("tokenizer_psnr") is not None:
-    parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB")
+    parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB, accuracy of its round trips "
+                 f"{report['tokenizer_accuracy']:.3f}")
   return " | ".join(parts)
 
 

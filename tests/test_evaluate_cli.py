@@ -141,6 +141,7 @@ def test_evaluate_reports_the_tokenizer_psnr():
   model = FakeTokenizerModel(TEXT_TO_VIDEO, (4, 32, 32), "test", 5, corrupt=())
   report = evaluate_lib.evaluate(model, {}, "test", 5, batch_size=2)
   assert report["tokenizer_psnr"] == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
+  assert report["tokenizer_accuracy"] == 1.0  # a shift by 0.1 keeps every colour readable
   assert "tokenizer PSNR 26.02 dB" in evaluate_lib.headline(dict(report, model="fake"))
   assert "tokenizer_psnr" not in evaluate_lib.evaluate(FakeModel(TEXT_TO_VIDEO, (4, 32, 32),
                                                                  "test", 2, ()), {}, "test", 2)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from jzoo import config as config_lib
 from jzoo import registry
@@ -36,10 +37,11 @@ def test_checkpoint_restores_onto_other_meshes_with_identical_values(tmp_path):
     assert len(leaf.sharding.device_set) == n
 
 
-def test_no_parameter_left_replicated_where_the_rules_shard(tmp_path):
-  """Walks every Imagen micro parameter: each axis whose logical name maps to a mesh axis (and
+@pytest.mark.parametrize("family", ["imagen", "phenaki"])
+def test_no_parameter_left_replicated_where_the_rules_shard(family):
+  """Walks every parameter of a micro model: each axis whose logical name maps to a mesh axis (and
   whose size that axis divides) is sharded; nothing silently falls back to replication."""
-  config = config_lib.load("imagen:micro", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
+  config = config_lib.load(f"{family}:micro", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
   model = registry.build_model(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = dict(model.axis_rules)
