@@ -81,19 +81,22 @@ def get_config(arg=None):
     c.train.log_every, c.train.checkpoint_every = 5, 10
 
   elif variant == "tiny_shapes":
-    # 16 frames = 1 + 3 tubelets of 5 frames; 8x8 patches at 32x32 -> 4 x 4 x 4 = 64 tokens, which
-    # keeps a MaskGIT step on a 2-core CPU near 0.3 s (256 tokens with 4x4 patches: ~4x that).
     c.text.length = 24
     c.text_encoder = _text_encoder(vocab_size=704, d_model=128, d_kv=32, d_ff=256, num_heads=4,
                                    num_layers=3, relative_attention_num_buckets=16,
                                    relative_attention_max_distance=32,
                                    train=_train(1500, 64, 1e-3, 100))
-    c.tokenizer = _tokenizer(frames=16, resolution=32, patch_size=8, temporal_patch=5, width=128,
-                             num_heads=4, head_dim=32, mlp_dim=256, spatial_layers=2,
-                             temporal_layers=2, codebook_size=512, code_dim=16,
-                             max_time_tokens=16, train=_train(3000, 32, 1e-3, 200))
-    c.transformer = _transformer(width=192, num_layers=4, num_heads=6, head_dim=32, mlp_dim=512,
-                                 train=_train(6000, 32, 1e-3, 200))
+    # 16 frames = 1 + 3 tubelets of 5 frames; 4x4 patches at 32x32 -> 4 x 8 x 8 = 256 tokens.
+    # With 8x8 patches (64 tokens) one code has to hold a whole 8-pixel object (colour, shape,
+    # sub-patch position): 512 codes cannot, and the reconstructions were blobs. The decoder's
+    # last layer is linear (as in the paper) from `width` to a 5x4x4x3 = 240-value tubelet, so
+    # `width` also bounds the rank of what a token can draw.
+    c.tokenizer = _tokenizer(frames=16, resolution=32, patch_size=4, temporal_patch=5, width=192,
+                             num_heads=6, head_dim=32, mlp_dim=384, spatial_layers=2,
+                             temporal_layers=2, codebook_size=1024, code_dim=16,
+                             max_time_tokens=16, train=_train(2500, 16, 1e-3, 200))
+    c.transformer = _transformer(width=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=384,
+                                 train=_train(5000, 16, 1e-3, 200))
     c.sample = _sample(steps=12, guidance=2.0)
 
   else:  # paper

@@ -44,6 +44,9 @@ MODELS = {e.name: e for e in [
     Entry("phenaki-tiny-shapes", "phenaki:tiny_shapes",
           "Phenaki (T5 + C-ViViT + MaskGIT) on moving_shapes, 16 frames at 32px, story mode"),
     Entry("phenaki-micro", "phenaki:micro", "Phenaki micro model for tests and smoke runs"),
+    Entry("nuwa-tiny-shapes", "nuwa:tiny_shapes",
+          "NUWA (VQ-GAN + 3D Nearby Attention encoder-decoder) on moving_shapes, 16 frames at 32px"),
+    Entry("nuwa-micro", "nuwa:micro", "NUWA micro model for tests and smoke runs"),
 ]}
 
 DEFAULT_MODEL = "imagen-tiny-shapes"

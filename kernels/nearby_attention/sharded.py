@@ -45,7 +45,7 @@ def sharded_nearby_attention(q, k, v, *, mesh, radius, causal=False, impl="auto"
 
   Args:
     q, k, v: global arrays [B, T, H, W, heads, D] (k, v may have another grid).
-    mesh: the jax.sharding.Mesh the model runs on.
+    mesh: the jax.sharding.Mesh the model runs on, or the AbstractMesh of the jit being traced.
     radius, causal, impl, interpret: as in `api.nearby_attention`; "auto"
       picks the kernel for the mesh's platform (so AOT tracing for a TPU
       topology on a CPU host gets the TPU kernel).
@@ -54,13 +54,17 @@ def sharded_nearby_attention(q, k, v, *, mesh, radius, causal=False, impl="auto"
   """
   rules = rules_lib.DEFAULT_RULES if rules is None else rules
   spec = logical_to_spec(logical_axes, rules, mesh)
-  sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+  sizes = dict(mesh.shape)
   for dim in (1, 2, 3, 5):
     axes = spec[dim] if isinstance(spec[dim], tuple) else (spec[dim],)
     if any(a is not None and sizes[a] > 1 for a in axes):
       raise ValueError(f"nearby attention cannot shard axis {logical_axes[dim]!r} (spec {spec}); "
                        "map it to None in the axis rules or shard batch/heads instead")
-  platform = mesh.devices.flat[0].platform
+  if isinstance(mesh, jax.sharding.Mesh):
+    platform = mesh.devices.flat[0].platform
+  else:  # an AbstractMesh (inside jit, from jax.sharding.get_abstract_mesh())
+    device = getattr(mesh, "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
 
   def per_shard(q, k, v):
     return api.nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl,

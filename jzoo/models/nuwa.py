@@ -1,0 +1,384 @@
+"""NUWA (Wu et al. 2021, "NÜWA: Visual Synthesis Pre-training for Neural visUal World creAtion"):
+a 3D transformer encoder-decoder with 3D Nearby Attention over VQ-GAN tokens.
+
+Architecture (section 3 of the paper):
+  * Data as 3D token grids: text is 1×1×L, an image h×w×1, a video h×w×t,
+    tokenised frame by frame by a VQ-GAN (jzoo.vq.vqgan, the `tokenizer` stage).
+  * Condition encoder: the caption's tokens, embedded, through ordinary 1D
+    self-attention layers (text has no neighbourhood to exploit).
+  * Decoder over the target tokens in raster order (t, h, w): each layer has
+    causal 3D nearby self-attention (3DNA: a token sees only earlier tokens in
+    a (2rt+1)×(2rh+1)×(2rw+1) box around it, jzoo.kernels.nearby_attention),
+    full cross-attention to the text, and an MLP. Cost grows with the box,
+    not with the video.
+  * Training: next-token cross-entropy over the target grid (teacher forcing).
+  * Sampling: autoregressive with top-k, one token at a time in a
+    `lax.fori_loop`; every layer keeps a key/value cache of the grid, and a new
+    token attends to the cached keys of its box only, so each step costs
+    O(box) whatever the length. Tokens can be given instead of sampled: the
+    first frames (video prediction) or any region (image completion).
+
+With `tokenizer.frames = 1` the same model is a text-to-image model on
+`shapes` (an image is a one-frame video).
+"""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jzoo.errors import ConfigError
+from jzoo.kernels.nearby_attention import nearby_attention, sharded_nearby_attention
+from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
+from jzoo.nn import layers
+from jzoo.nn.attention import HeadsProjection, OutProjection
+from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
+from jzoo.vq.vqgan import VQGAN
+
+TOKENIZER = "tokenizer"
+TRANSFORMER = "transformer"
+GRID = ("batch", "frames", "height", "width", "embed")
+
+
+def _attend_nearby(q, k, v, radius, impl):
+  """Causal 3DNA; inside `shard_map` when a multi-device mesh is active (Pallas on TPU/GPU)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return nearby_attention(q, k, v, radius=radius, causal=True, impl=impl)
+  return sharded_nearby_attention(q, k, v, mesh=mesh, radius=radius, causal=True, impl=impl,
+                                  rules=nn.get_logical_axis_rules() or None)
+
+
+def window_offsets(radius):
+  """The (dt, dh, dw) offsets of a nearby-attention box: int32 [K, 3], K = Π(2r+1)."""
+  return np.array(list(itertools.product(*(range(-r, r + 1) for r in radius))), np.int32)
+
+
+class NearbyDecoderLayer(nn.Module):
+  """Causal 3DNA self-attention, cross-attention to the text, MLP; pre-LayerNorm residuals.
+
+  `__call__` runs a whole grid (training); `step` runs one new token against a
+  key/value cache (sampling). Both read the same parameters and agree exactly."""
+  width: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  radius: tuple
+  impl: str = "auto"
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    h, d = self.num_heads, self.head_dim
+    self.norm_self = layers.LayerNorm(self.dtype)
+    self.query = HeadsProjection(h, d, self.dtype)
+    self.key = HeadsProjection(h, d, self.dtype)
+    self.value = HeadsProjection(h, d, self.dtype)
+    self.out = OutProjection(self.width, self.dtype)
+    self.norm_cross = layers.LayerNorm(self.dtype)
+    self.cross_attention = Attention(h, d, null_kv=True, dtype=self.dtype)
+    self.norm_mlp = layers.LayerNorm(self.dtype)
+    self.mlp = MlpBlock(self.mlp_dim, self.dropout, self.dtype)
+    self.drop = nn.Dropout(self.dropout)
+
+  def _cross_and_mlp(self, x, text, text_mask, deterministic):
+    cmask = (text_mask > 0)[:, None, None, :]
+    x = x + self.drop(self.cross_attention(self.norm_cross(x), text, cmask),
+                      deterministic=deterministic)
+    return x + self.drop(self.mlp(self.norm_mlp(x), deterministic), deterministic=deterministic)
+
+  def __call__(self, x, text, text_mask, deterministic=True):
+    """x: [B, t, h, w, E] -> same."""
+    b, t, hh, ww, e = x.shape
+    y = self.norm_self(x)
+    q, k, v = self.query(y), self.key(y), self.value(y)
+    q, k, v = (nn.with_logical_constraint(a, ("batch", "frames", "height", "width", "heads", "kv"))
+               for a in (q, k, v))
+    y = _attend_nearby(q, k, v, tuple(self.radius), self.impl)
+    x = x + self.drop(self.out(y), deterministic=deterministic)
+    x = self._cross_and_mlp(x.reshape(b, t * hh * ww, e), text, text_mask, deterministic)
+    return nn.with_logical_constraint(x.reshape(b, t, hh, ww, e), GRID)
+
+  def step(self, x, position, cache, text, text_mask):
+    """One token. x: [B, E] at grid `position` (t, h, w) (traced ints); cache: (k, v) of shape
+    [B, t, h, w, heads, D]. Returns (y [B, E], updated cache)."""
+    cache_k, cache_v = cache
+    grid = cache_k.shape[1:4]
+    y = self.norm_self(x)
+    q, k, v = self.query(y), self.key(y), self.value(y)  # [B, heads, D]
+    at = (0, *position, 0, 0)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None, None, None], at)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None, None, None], at)
+    # The box around `position`, truncated at the borders and to keys at or before it.
+    where = jnp.stack(position)[None, :] + jnp.asarray(window_offsets(self.radius))  # [K, 3]
+    inside = jnp.all((where >= 0) & (where < jnp.asarray(grid)), axis=1)
+    raster = lambda p: (p[..., 0] * grid[1] + p[..., 1]) * grid[2] + p[..., 2]
+    valid = inside & (raster(where) <= raster(jnp.stack(position)))
+    idx = jnp.clip(where, 0, jnp.asarray(grid) - 1)
+    keys = cache_k[:, idx[:, 0], idx[:, 1], idx[:, 2]]  # [B, K, heads, D]
+    values = cache_v[:, idx[:, 0], idx[:, 1], idx[:, 2]]
+    logits = jnp.einsum("bhd,bkhd->bhk", q.astype(jnp.float32), keys.astype(jnp.float32))
+    logits = jnp.where(valid[None, None], logits / np.sqrt(self.head_dim), -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    y = jnp.einsum("bhk,bkhd->bhd", weights, values)
+    x = x + self.out(y)
+    x = self._cross_and_mlp(x[:, None], text, text_mask, True)[:, 0]
+    return x, (cache_k, cache_v)
+
+
+class NUWATransformer(nn.Module):
+  """Text encoder + 3DNA decoder over a [t, h, w] grid of `codebook_size` codes."""
+  vocab_size: int
+  text_length: int
+  codebook_size: int
+  grid: tuple  # (t, h, w)
+  width: int
+  encoder_layers: int
+  decoder_layers: int
+  head_dim: int
+  mlp_dim: int
+  radius: tuple
+  impl: str = "auto"
+  dropout: float = 0.0
+  remat: str = "none"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    e, heads = self.width, heads_for(self.width, self.head_dim)
+    emb_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
+    pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+    self.text_embedding = nn.Embed(self.vocab_size, e, dtype=self.dtype, param_dtype=jnp.float32,
+                                   embedding_init=emb_init)
+    self.text_position = self.param("text_position", pos_init, (self.text_length, e))
+    self.text_encoder = Transformer(self.encoder_layers, heads, self.head_dim, self.mlp_dim,
+                                    dropout=self.dropout, remat=self.remat, dtype=self.dtype)
+    # Codes plus a begin-of-sequence id (`codebook_size`) that precedes the first token.
+    self.code_embedding = nn.Embed(self.codebook_size + 1, e, dtype=self.dtype,
+                                   param_dtype=jnp.float32, embedding_init=emb_init)
+    t, h, w = self.grid
+    self.position_time = self.param("position_time", pos_init, (t, e))
+    self.position_height = self.param("position_height", pos_init, (h, e))
+    self.position_width = self.param("position_width", pos_init, (w, e))
+    layer = NearbyDecoderLayer
+    if self.remat == "full":
+      layer = nn.remat(NearbyDecoderLayer, static_argnums=(4,))  # deterministic
+    self.decoder = [layer(e, heads, self.head_dim, self.mlp_dim, tuple(self.radius), self.impl,
+                          self.dropout, self.dtype, name=f"decoder_{i}")
+                    for i in range(self.decoder_layers)]
+    self.norm_out = layers.LayerNorm(self.dtype)
+    self.head = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype)
+
+  @property
+  def bos(self):
+    return self.codebook_size
+
+  def encode_text(self, tokens, mask, deterministic=True):
+    x = self.text_embedding(tokens) + self.text_position[:tokens.shape[1]].astype(self.dtype)
+    pad = (mask > 0)[:, None, None, :]
+    return self.text_encoder(x, pad, deterministic=deterministic)
+
+  def _positions(self):
+    return (self.position_time[:, None, None] + self.position_height[None, :, None]
+            + self.position_width[None, None, :]).astype(self.dtype)  # [t, h, w, E]
+
+  def __call__(self, tokens, mask, codes, deterministic=True):
+    """Teacher forcing: logits [B, t, h, w, V] of each code given the codes before it."""
+    text = self.encode_text(tokens, mask, deterministic)
+    b = codes.shape[0]
+    flat = codes.reshape(b, -1)
+    shifted = jnp.concatenate([jnp.full((b, 1), self.bos, flat.dtype), flat[:, :-1]], axis=1)
+    x = self.code_embedding(shifted.reshape(codes.shape)) + self._positions()
+    x = nn.with_logical_constraint(x, GRID)
+    for layer in self.decoder:
+      x = layer(x, text, mask, deterministic)
+    return self.head(self.norm_out(x))
+
+  def init_cache(self, batch):
+    t, h, w = self.grid
+    shape = (batch, t, h, w, heads_for(self.width, self.head_dim), self.head_dim)
+    return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+            for _ in range(self.decoder_layers)]
+
+  def step(self, text, mask, previous, n, caches):
+    """Logits [B, V] of the code at raster index n, given the code at n - 1 (`previous`, BOS
+    for n = 0) and the caches of codes < n."""
+    t, h, w = self.grid
+    position = (n // (h * w), (n // w) % h, n % w)
+    x = self.code_embedding(previous) + self._positions()[position]
+    new_caches = []
+    for layer, cache in zip(self.decoder, caches):
+      x, cache = layer.step(x, position, cache, text, mask)
+      new_caches.append(cache)
+    return self.head(self.norm_out(x)), new_caches
+
+
+def top_k_sample(rng, logits, k, temperature):
+  """Samples from the `k` most likely codes (k = 0: all), logits [B, V] -> int32 [B]."""
+  logits = logits.astype(jnp.float32) / temperature
+  if 0 < k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+class NUWA(Model):
+  stages = (TOKENIZER, TRANSFORMER)
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.dtype = layers.dtype_of(config.train.dtype)
+    tk, tr = config.tokenizer, config.transformer
+    self.task = TEXT_TO_IMAGE if int(tk.frames) == 1 else TEXT_TO_VIDEO
+    self.tokenizer = VQGAN(channels=tk.channels, channel_mult=tuple(tk.channel_mult),
+                           num_res_blocks=tk.num_res_blocks, codebook_size=tk.codebook_size,
+                           code_dim=tk.code_dim, embed_dim=tk.embed_dim,
+                           commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype)
+    f = 2 ** (len(tk.channel_mult) - 1)
+    if tk.resolution % f:
+      raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of the VQ-GAN's "
+                        f"downsampling factor {f}")
+    side = tk.resolution // f
+    self.grid = (int(tk.frames), side, side)
+    if len(tr.radius) != 3:
+      raise ConfigError(f"transformer.radius must be (rt, rh, rw), got {tr.radius}")
+    self.transformer = NUWATransformer(
+        vocab_size=tr.vocab_size, text_length=self.text_length, codebook_size=tk.codebook_size,
+        grid=self.grid, width=tr.width, encoder_layers=tr.encoder_layers,
+        decoder_layers=tr.decoder_layers, head_dim=tr.head_dim, mlp_dim=tr.mlp_dim,
+        radius=tuple(tr.radius), impl=tr.attention_impl, dropout=tr.dropout,
+        remat=str(config.train.remat), dtype=self.dtype)
+    heads_for(tr.width, tr.head_dim)
+
+  def _check_stage(self, stage):
+    if stage not in self.stages:
+      raise ConfigError(f"NUWA has no stage {stage!r}; choose one of {list(self.stages)}")
+
+  @property
+  def video(self):
+    return self.task == TEXT_TO_VIDEO
+
+  # --- data ------------------------------------------------------------------
+  def data_spec(self, stage) -> DataSpec:
+    self._check_stage(stage)
+    tk = self.config.tokenizer
+    if not self.video:
+      return DataSpec("shapes", int(tk.resolution), None, self.text_length)
+    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
+
+  @property
+  def output_shape(self):
+    r = int(self.config.tokenizer.resolution)
+    return (self.grid[0], r, r) if self.video else (r, r)
+
+  def frozen_stages(self, stage):
+    self._check_stage(stage)
+    return (TOKENIZER,) if stage == TRANSFORMER else ()
+
+  def _pixels(self, batch):
+    return batch["video"] if self.video else batch["image"]
+
+  # --- training --------------------------------------------------------------
+  def init(self, stage, rng, batch):
+    self._check_stage(stage)
+    if stage == TOKENIZER:
+      return self.tokenizer.init(rng, self._pixels(batch))
+    b = batch["tokens"].shape[0]
+    codes = jnp.zeros((b, *self.grid), jnp.int32)
+    return self.transformer.init(rng, batch["tokens"], batch["mask"], codes)
+
+  def loss(self, stage, params, batch, rng, frozen):
+    from jzoo.vq.cvivit import tokenizer_loss
+    self._check_stage(stage)
+    if stage == TOKENIZER:
+      x = self._pixels(batch)
+      return tokenizer_loss(self.tokenizer.apply({"params": params}, x), x)
+    codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
+    logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
+                                    deterministic=False, rngs={"dropout": rng})
+    logits = logits.astype(jnp.float32)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == codes)
+    return loss, {"cross_entropy": loss, "accuracy": accuracy}
+
+  # --- tokens <-> pixels -----------------------------------------------------
+  def encode(self, params, pixels):
+    """float [B, (T,) H, W, 3] in [-1, 1] -> codes int32 [B, t, h, w]."""
+    codes, _, _ = self.tokenizer.apply({"params": params}, pixels, method=VQGAN.encode)
+    return codes if self.video else codes[:, None]
+
+  def decode(self, params, codes):
+    """codes [B, t, h, w] -> float [B, (T,) H, W, 3] in [-1, 1]."""
+    codes = codes if self.video else codes[:, 0]
+    x = self.tokenizer.apply({"params": params}, codes, method=VQGAN.decode_codes)
+    return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
+
+  def reconstruct(self, params, pixels):
+    """The VQ-GAN's round trip (reported by jzoo.evaluate)."""
+    return self.decode(params[TOKENIZER], self.encode(params[TOKENIZER], pixels))
+
+  # --- sampling --------------------------------------------------------------
+  def default_request_options(self):
+    return {"steps": int(np.prod(self.grid)), "guidance": 1.0}
+
+  def generate(self, params, request: Request, rng):
+    """uint8 [B, (T,) H, W, 3]. request.extra may hold "known" pixels [B, (T,) H, W, 3] with
+    "known_mask" bool [B, t, h, w] over the token grid (those tokens are given, not sampled:
+    image completion), or "frames" [B, F, H, W, 3], the first F frames (video prediction).
+    `steps` and `guidance` do not apply (one step per token, no guidance)."""
+    return to_uint8(self.generate_pixels(params, request, rng))
+
+  def generate_pixels(self, params, request, rng):
+    extra = request.extra or {}
+    b = request.tokens.shape[0]
+    known, known_mask = self._known_tokens(params, extra, b)
+    codes = self.sample_codes(params[TRANSFORMER], request.tokens, request.mask, known,
+                              known_mask, rng)
+    return self.decode(params[TOKENIZER], codes)
+
+  def _known_tokens(self, params, extra, b):
+    known = jnp.zeros((b, *self.grid), jnp.int32)
+    known_mask = jnp.zeros((b, *self.grid), bool)
+    if "frames" in extra:
+      f = extra["frames"].shape[1]
+      if not 0 < f < self.grid[0]:
+        raise ConfigError(f"give 1 to {self.grid[0] - 1} first frames, got {f}")
+      codes = self.tokenizer.apply({"params": params[TOKENIZER]}, extra["frames"],
+                                   method=VQGAN.encode)[0]
+      known = known.at[:, :f].set(codes)
+      known_mask = known_mask.at[:, :f].set(True)
+    if "known" in extra:
+      known = self.encode(params[TOKENIZER], extra["known"])
+      known_mask = extra["known_mask"].astype(bool)
+    return known, known_mask
+
+  def sample_codes(self, params, tokens, mask, known, known_mask, rng):
+    """Autoregressive top-k sampling with the key/value caches; codes int32 [B, t, h, w]."""
+    s = self.config.sample
+    model = self.transformer
+    b = tokens.shape[0]
+    text = model.apply({"params": params}, tokens, mask, method=NUWATransformer.encode_text)
+    caches = model.init_cache(b)
+    n_tokens = int(np.prod(self.grid))
+    known, known_mask = known.reshape(b, -1), known_mask.reshape(b, -1)
+
+    def body(n, carry):
+      codes, caches, rng = carry
+      rng, sample_rng = jax.random.split(rng)
+      previous = jnp.where(n == 0, model.codebook_size,
+                           codes[:, jnp.maximum(n - 1, 0)])
+      logits, caches = model.apply({"params": params}, text, mask, previous, n, caches,
+                                   method=NUWATransformer.step)
+      sampled = top_k_sample(sample_rng, logits, int(s.top_k), float(s.temperature))
+      code = jnp.where(known_mask[:, n], known[:, n], sampled)
+      return codes.at[:, n].set(code), caches, rng
+
+    codes = jnp.zeros((b, n_tokens), jnp.int32)
+    codes, _, _ = jax.lax.fori_loop(0, n_tokens, body, (codes, caches, rng))
+    return codes.reshape(b, *self.grid)
+
+
+def build(config):
+  return NUWA(config)

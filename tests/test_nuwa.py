@@ -1,0 +1,215 @@
+"""NUWA (micro config): configs, the cached 3DNA decoder against the uncached one, the tasks, and
+training through the real trainer on 8 fake devices."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from jzoo import config as config_lib
+from jzoo import registry
+from jzoo import sample
+from jzoo.configs import nuwa as nuwa_configs
+from jzoo.errors import ConfigError
+from jzoo.models import nuwa
+from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Request, count_params
+from jzoo.training.loop import train_and_evaluate
+from jzoo.training.metrics import read_metrics
+
+B = 2
+
+
+def micro_config(*overrides):
+  return config_lib.load("nuwa:micro", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return nuwa.build(micro_config())
+
+
+def batch_for(model, batch_size=B, seed=0):
+  spec = model.data_spec("transformer")
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
+  mask = (np.arange(spec.text_length)[None] < 6).astype(np.int32).repeat(batch_size, 0)
+  r, t = spec.resolution, spec.frames
+  video = -np.ones((batch_size, t, r, r, 3), np.float32)
+  for i in range(batch_size):
+    for f in range(t):
+      video[i, f, 4:9, 2 + 2 * f:7 + 2 * f] = (1.0, -1.0, 1.0) if i else (1.0, 1.0, -1.0)
+  return {"video": jnp.asarray(video), "tokens": jnp.asarray(tokens * mask),
+          "mask": jnp.asarray(mask)}
+
+
+def noisy(tree, seed=42, scale=0.05):
+  """Parameters plus noise: zero-initialised residual branches would hide most paths."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                                for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  batch = batch_for(model)
+  return noisy({stage: model.init(stage, jax.random.PRNGKey(i), batch)["params"]
+                for i, stage in enumerate(model.stages)})
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+def test_configs_stages_and_tasks(model):
+  for variant in nuwa_configs.VARIANTS:
+    for stage in ("tokenizer", "transformer"):
+      assert nuwa_configs.get_config(f"{variant},stage={stage}").stage == stage
+  assert model.stages == ("tokenizer", "transformer") and model.task == TEXT_TO_VIDEO
+  assert model.frozen_stages("transformer") == ("tokenizer",)
+  assert model.grid == (3, 4, 4) and model.output_shape == (3, 16, 16)
+  image_model = nuwa.build(micro_config("tokenizer.frames=1"))
+  assert image_model.task == TEXT_TO_IMAGE and image_model.output_shape == (16, 16)
+  assert image_model.data_spec("tokenizer").dataset == "shapes"
+  tiny = nuwa.build(config_lib.load("nuwa:tiny_shapes"))
+  assert tiny.output_shape == (16, 32, 32)
+  with pytest.raises(ConfigError, match="multiple"):
+    nuwa.build(micro_config("tokenizer.resolution=18"))
+
+
+def test_paper_parameter_count_is_the_papers():
+  model = nuwa.build(config_lib.load("nuwa:paper"))
+  counts = {s: count_params(registry.abstract_params(model, s)) for s in model.stages}
+  assert 0.78e9 < counts["transformer"] < 0.96e9, counts  # "870M parameters", within 10%
+  assert model.grid == (10, 21, 21)
+
+
+# --- the cached decoder ----------------------------------------------------------------------------
+
+
+def test_cached_decoding_equals_the_uncached_decoder(model, params):
+  """Teacher-forced logits of the whole grid (3DNA kernel) == logits one token at a time from the
+  key/value caches (gathered boxes), for every position."""
+  batch = batch_for(model)
+  tf = model.transformer
+  p = params["transformer"]
+  codes = jax.random.randint(jax.random.PRNGKey(0), (B, *model.grid), 0, tf.codebook_size)
+  full = tf.apply({"params": p}, batch["tokens"], batch["mask"], codes).reshape(B, -1,
+                                                                                tf.codebook_size)
+  text = tf.apply({"params": p}, batch["tokens"], batch["mask"], method=tf.encode_text)
+  caches = tf.init_cache(B)
+  flat = codes.reshape(B, -1)
+  step = jax.jit(lambda prev, n, caches: tf.apply({"params": p}, text, batch["mask"], prev, n,
+                                                  caches, method=tf.step))
+  for n in range(flat.shape[1]):
+    previous = jnp.full((B,), tf.codebook_size) if n == 0 else flat[:, n - 1]
+    logits, caches = step(previous, jnp.int32(n), caches)
+    np.testing.assert_allclose(logits, full[:, n], atol=2e-4, rtol=2e-4, err_msg=f"position {n}")
+  # The decoder is causal: changing the last code changes no logit (they predict codes <= it).
+  changed = flat.at[:, -1].set((flat[:, -1] + 1) % tf.codebook_size).reshape(codes.shape)
+  again = tf.apply({"params": p}, batch["tokens"], batch["mask"], changed).reshape(full.shape)
+  np.testing.assert_allclose(again, full, atol=1e-5)
+  # ... and changing the first code changes later logits (the check can fail).
+  changed = flat.at[:, 0].set((flat[:, 0] + 1) % tf.codebook_size).reshape(codes.shape)
+  again = tf.apply({"params": p}, batch["tokens"], batch["mask"], changed).reshape(full.shape)
+  assert float(jnp.abs(again[:, 1:] - full[:, 1:]).max()) > 1e-4
+
+
+def test_window_offsets_cover_the_box():
+  offsets = nuwa.window_offsets((1, 2, 0))
+  assert offsets.shape == (3 * 5 * 1, 3)
+  assert {tuple(o) for o in offsets} == {(a, b, 0) for a in (-1, 0, 1) for b in range(-2, 3)}
+
+
+def test_top_k_sampling_only_draws_from_the_top_k():
+  logits = jnp.tile(jnp.arange(10.0)[None], (2000, 1))
+  draws = np.asarray(nuwa.top_k_sample(jax.random.PRNGKey(0), logits, 3, 1.0))
+  assert set(draws.tolist()) == {7, 8, 9}
+  assert set(np.asarray(nuwa.top_k_sample(jax.random.PRNGKey(0), logits, 0, 1.0)).tolist()) > {9}
+
+
+# --- tasks -----------------------------------------------------------------------------------------
+
+
+def request_for(batch, **extra):
+  return Request(tokens=batch["tokens"], mask=batch["mask"], extra=extra)
+
+
+def test_text_to_video_shapes_and_seed_reproducibility(model, params):
+  batch = batch_for(model)
+  gen = jax.jit(lambda p, r, k: model.generate(p, r, k))
+  a = np.asarray(gen(params, request_for(batch), jax.random.PRNGKey(0)))
+  b = np.asarray(gen(params, request_for(batch), jax.random.PRNGKey(0)))
+  c = np.asarray(gen(params, request_for(batch), jax.random.PRNGKey(1)))
+  assert a.shape == (B, 3, 16, 16, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert (a != c).any()
+
+
+def test_video_prediction_and_image_completion_keep_the_given_tokens(model, params):
+  batch = batch_for(model)
+  given = model.encode(params["tokenizer"], batch["video"])
+  mask = jnp.zeros(given.shape, bool).at[:, 0].set(True)
+  codes = model.sample_codes(params["transformer"], batch["tokens"], batch["mask"], given, mask,
+                             jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(codes[:, 0], given[:, 0])
+  assert (np.asarray(codes[:, 1:]) != np.asarray(given[:, 1:])).any()
+  # Video prediction: the first frame comes back as the VQ-GAN's reconstruction of the given one.
+  out = model.generate_pixels(params, request_for(batch, frames=batch["video"][:, :1]),
+                              jax.random.PRNGKey(0))
+  want = model.decode(params["tokenizer"], given)
+  np.testing.assert_allclose(out[:, 0], want[:, 0], atol=1e-5)
+  # Image completion: the tokens of a region are given (sample_codes above keeps them); with every
+  # token given, the output is the VQ-GAN's reconstruction of the input.
+  everything = jnp.ones(given.shape, bool)
+  out = model.generate_pixels(params, request_for(batch, known=batch["video"],
+                                                  known_mask=everything), jax.random.PRNGKey(0))
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  region = everything.at[:, :, 2:].set(False)
+  out = model.generate_pixels(params, request_for(batch, known=batch["video"], known_mask=region),
+                              jax.random.PRNGKey(0))
+  assert float(jnp.abs(out - want).max()) > 1e-3
+
+
+def test_transformer_loss_decreases_and_spares_the_tokenizer(model, params):
+  batch = batch_for(model)
+  frozen = {"tokenizer": params["tokenizer"]}
+  g_frozen = jax.grad(lambda f: model.loss("transformer", params["transformer"], batch,
+                                           jax.random.PRNGKey(0), f)[0])(frozen)
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(g_frozen))
+  opt = optax.adam(3e-3)
+  p, state = params["transformer"], opt.init(params["transformer"])
+
+  @jax.jit
+  def step(p, state, k):
+    loss, g = jax.value_and_grad(lambda q: model.loss("transformer", q, batch, k, frozen)[0])(p)
+    updates, state = opt.update(g, state)
+    return optax.apply_updates(p, updates), state, loss
+
+  losses = []
+  for i in range(30):
+    p, state, loss = step(p, state, jax.random.PRNGKey(i))
+    losses.append(float(loss))
+  assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_micro_trains_on_8_devices_and_samples(tmp_path, capsys):
+  workdir = str(tmp_path / "nuwa")
+  for stage in ("tokenizer", "transformer"):
+    config = config_lib.load("nuwa:micro", [
+        f"stage={stage}", "train.steps=12", "train.log_every=1", "train.checkpoint_every=12",
+        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "optim.lr=3e-3"])
+    train_and_evaluate(config, workdir, devices=jax.devices(), progress=False)
+    curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
+    assert len(curve) == 12 and np.all(np.isfinite(curve)), stage
+    assert curve[-3:].mean() < curve[:3].mean(), (stage, curve)
+  out = str(tmp_path / "v.gif")
+  try:
+    sample.main(["--model", "nuwa-micro", "--checkpoint", workdir, "--out", out])
+  except SystemExit as e:
+    assert e.code in (0, None), capsys.readouterr().err
+  with Image.open(out) as gif:
+    assert (gif.n_frames, gif.size) == (3, (16, 16))
