@@ -33,7 +33,7 @@ def _tokenizer(**kw):
 def _transformer(**kw):
   t = ml_collections.ConfigDict(dict(
       vocab_size=32128,          # text token ids (T5-style sentencepiece)
-      width=1280, encoder_layers=12, decoder_layers=24, head_dim=64, mlp_dim=5120,
+      width=1280, encoder_layers=10, decoder_layers=24, head_dim=64, mlp_dim=5120,
       radius=(1, 1, 1),          # 3DNA box of the decoder's causal self-attention: (2r+1) per axis
       attention_impl="auto",     # jzoo.kernels.nearby_attention impl: auto | xla | pallas | reference
       dropout=0.0,
@@ -78,7 +78,7 @@ def get_config(arg=None):
   else:  # paper
     # Wu et al. 2021, section 4: text as 1x1x77 tokens; images and videos as 21x21 and 10x21x21
     # VQ-GAN tokens (336px frames, 16x downsampling, a 12,288-entry codebook); hidden size 1280.
-    # The layer counts (12 encoder, 24 decoder) are set so that the abstract parameter count
+    # The layer counts (10 encoder, 24 decoder) are set so that the abstract parameter count
     # lands at the paper's 870M; the 3x3x3 box (radius 1) is our choice of 3DNA extent.
     c.text.length = 77
     c.text.tokenizer = "spiece.model"

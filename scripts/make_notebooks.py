@@ -173,6 +173,61 @@ phenaki = [
         "                    columns=3, width=120, fps=8)"),
 ]
 
+nuwa = [
+    new_markdown_cell(
+        "# NUWA in jzoo\n\n"
+        "A 3D transformer encoder-decoder over VQ-GAN tokens with 3D Nearby Attention (Wu et al. "
+        "2021): text-to-video, video prediction from a first frame, and what a token of the "
+        "decoder attends to. Sampling is autoregressive with a key/value cache, so each new token "
+        "costs the size of its 3D box, not of the video."),
+    INSTALL,
+    SETUP,
+    new_code_cell(
+        "name = 'nuwa-tiny-shapes'\n"
+        "bundled = registry.get_entry(name).bundled\n"
+        "if not bundled or FAST:  # no bundled weights yet, or CI: a random micro model\n"
+        "    name = 'nuwa-micro'\n"
+        "model, params = api.load(name, random_weights=not registry.get_entry(name).bundled)\n"
+        "print(name, model.stages, model.output_shape, 'token grid', model.grid)"),
+    new_markdown_cell("## Text to video"),
+    new_code_cell(
+        "prompts = ['a red circle moving right', 'a blue square moving up']\n"
+        "videos = api.generate(model, params, prompts, seed=0)\n"
+        "mediapy.show_videos(list(videos), titles=prompts, width=160, fps=8)"),
+    new_markdown_cell("## Video prediction\n\nThe first frame of a `moving_shapes` clip is given; "
+                      "its tokens are fixed and the rest of the video is sampled after them."),
+    new_code_cell(
+        "import jax.numpy as jnp\n"
+        "from jzoo.data import shapes\n"
+        "from jzoo.models.base import Request\n"
+        "from jzoo.text.tokenizer import Tokenizer\n"
+        "T, S = model.output_shape[0], model.output_shape[1]\n"
+        "clip = shapes.video_example('test', 0, S, T)\n"
+        "tokens, mask = Tokenizer.load(model.config.text.tokenizer).encode_batch([clip['caption']], model.text_length)\n"
+        "first = jnp.asarray(clip['video'][None, :1], jnp.float32) / 127.5 - 1.0\n"
+        "request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), extra={'frames': first})\n"
+        "predicted = np.asarray(jax.jit(model.generate)(params, request, jax.random.PRNGKey(0)))[0]\n"
+        "mediapy.show_videos([clip['video'], predicted], titles=[clip['caption'], 'predicted from frame 0'], width=160, fps=8)"),
+    new_markdown_cell("## What a token attends to\n\nThe decoder's causal 3D nearby attention: for "
+                      "one query token (white), the cached tokens it reads (grey) in each frame of "
+                      "the token grid: a box of (2rt+1)×(2rh+1)×(2rw+1) cut at the borders and "
+                      "at the query in raster order."),
+    new_code_cell(
+        "from jzoo.models.nuwa import window_offsets\n"
+        "t, h, w = model.grid\n"
+        "radius = tuple(model.config.transformer.radius)\n"
+        "query = (min(2, t - 1), h // 2, w // 2)\n"
+        "raster = lambda p: (p[0] * h + p[1]) * w + p[2]\n"
+        "pictures = np.zeros((t, h, w), np.uint8)\n"
+        "for d in window_offsets(radius):\n"
+        "    p = tuple(int(v) for v in np.add(query, d))\n"
+        "    if all(0 <= p[i] < (t, h, w)[i] for i in range(3)) and raster(p) <= raster(query):\n"
+        "        pictures[p] = 120\n"
+        "pictures[query] = 255\n"
+        "mediapy.show_images([np.kron(f, np.ones((12, 12), np.uint8)) for f in pictures[:query[0] + 2]],\n"
+        "                    titles=[f'frame {i}' for i in range(min(t, query[0] + 2))], width=96)"),
+]
+
 
 def write(name, cells):
   nb = new_notebook(cells=cells, metadata={
@@ -187,3 +242,4 @@ def write(name, cells):
 write("quickstart", quickstart)
 write("imagen", imagen)
 write("phenaki", phenaki)
+write("nuwa", nuwa)
