@@ -57,7 +57,18 @@ def stage_train(steps, batch_size, lr, warmup=100):
                                         warmup_steps=warmup))
 
 
-def text_encoder(**kw):
+# The small shapes-vocabulary (704 ids) T5 encoders that models pretrain here in their
+# `text_encoder` stage: `micro` for tests, `tiny` for the bundled models.
+TEXT_ENCODER_SIZES = {
+    "micro": dict(vocab_size=704, d_model=32, d_kv=16, d_ff=64, num_heads=2, num_layers=1,
+                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
+    "tiny": dict(vocab_size=704, d_model=128, d_kv=32, d_ff=256, num_heads=4, num_layers=3,
+                 relative_attention_num_buckets=16, relative_attention_max_distance=32),
+}
+
+
+def text_encoder(size=None, **kw):
+  """config.text_encoder: T5 v1.1 defaults, a TEXT_ENCODER_SIZES entry, then `kw`."""
   te = ml_collections.ConfigDict(dict(
       preset="",                 # a jzoo.text.t5.T5_PRESETS name; the keys below override it
       vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8,
@@ -70,6 +81,7 @@ def text_encoder(**kw):
       resolution=16,             # images are rendered but unused while pretraining the encoder
       train=stage_train(2000, 64, 1e-3),
   ))
+  te.update(TEXT_ENCODER_SIZES[size] if size else {})
   te.update(kw)
   return te
 

@@ -77,9 +77,7 @@ def get_config(arg=None):
 
   if variant == "micro":
     c.text.length = 16
-    c.text_encoder = _text_encoder(vocab_size=704, d_model=32, d_kv=16, d_ff=64, num_heads=2,
-                                   num_layers=1, relative_attention_num_buckets=8,
-                                   relative_attention_max_distance=16, train=_train(20, 8, 1e-3, 2))
+    c.text_encoder = _text_encoder("micro", train=_train(20, 8, 1e-3, 2))
     small = dict(head_dim=16, text_dim=32, norm_groups=8)
     c.stages = ml_collections.ConfigDict(dict(
         base=_unet_stage(16, 16, (1, 2), (1, 1), (False, True), (False, True),
@@ -99,10 +97,7 @@ def get_config(arg=None):
     # The Efficient U-Net idea taken to the extreme: few channels at full resolution, the width
     # and the attention at 8x8 (base) / 16x16 (sr).
     c.text.length = 24
-    c.text_encoder = _text_encoder(vocab_size=704, d_model=128, d_kv=32, d_ff=256, num_heads=4,
-                                   num_layers=3, relative_attention_num_buckets=16,
-                                   relative_attention_max_distance=32,
-                                   train=_train(1500, 64, 1e-3, 100))
+    c.text_encoder = _text_encoder("tiny", train=_train(1500, 64, 1e-3, 100))
     c.stages = ml_collections.ConfigDict(dict(
         base=_unet_stage(32, 32, (1, 2, 4), (1, 2, 2), (False, False, True), (False, True, True),
                          _train(4000, 32, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8),

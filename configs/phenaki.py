@@ -68,9 +68,7 @@ def get_config(arg=None):
 
   if variant == "micro":
     c.text.length = 16
-    c.text_encoder = _text_encoder(vocab_size=704, d_model=32, d_kv=16, d_ff=64, num_heads=2,
-                                   num_layers=1, relative_attention_num_buckets=8,
-                                   relative_attention_max_distance=16, train=_train(20, 8, 1e-3, 2))
+    c.text_encoder = _text_encoder("micro", train=_train(20, 8, 1e-3, 2))
     c.tokenizer = _tokenizer(frames=5, resolution=16, patch_size=4, temporal_patch=2, width=32,
                              num_heads=2, head_dim=16, mlp_dim=64, spatial_layers=1,
                              temporal_layers=1, codebook_size=64, code_dim=8, max_time_tokens=8,
@@ -82,10 +80,7 @@ def get_config(arg=None):
 
   elif variant == "tiny_shapes":
     c.text.length = 24
-    c.text_encoder = _text_encoder(vocab_size=704, d_model=128, d_kv=32, d_ff=256, num_heads=4,
-                                   num_layers=3, relative_attention_num_buckets=16,
-                                   relative_attention_max_distance=32,
-                                   train=_train(1500, 64, 1e-3, 100))
+    c.text_encoder = _text_encoder("tiny", train=_train(1500, 64, 1e-3, 100))
     # 16 frames = 1 + 3 tubelets of 5 frames; 4x4 patches at 32x32 -> 4 x 8 x 8 = 256 tokens.
     # With 8x8 patches (64 tokens) one code has to hold a whole 8-pixel object (colour, shape,
     # sub-patch position): 512 codes cannot, and the reconstructions were blobs. The decoder's

@@ -31,6 +31,12 @@ LOAD_DEFAULT = (
     "    name = 'imagen-micro'\n"
     "model, params = api.load(name, random_weights=not bundled)\n")
 
+# A `moving_shapes` test clip at the model's size (video prediction / image-to-video cells).
+FIRST_FRAME_CLIP = (
+    "from jzoo.data import shapes\n"
+    "T, S = model.output_shape[0], model.output_shape[1]\n"
+    "clip = shapes.video_example('test', 0, S, T)\n")
+
 quickstart = [
     new_markdown_cell(
         "# jzoo quickstart\n\n"
@@ -149,21 +155,13 @@ phenaki = [
     new_markdown_cell("## Image to video\n\nThe first frame is given (here: the first frame of a "
                       "`moving_shapes` clip); its tokens stay fixed while the rest is decoded."),
     new_code_cell(
-        "import jax.numpy as jnp\n"
-        "from jzoo.data import shapes\n"
-        "from jzoo.models.base import Request\n"
-        "from jzoo.text.tokenizer import Tokenizer\n"
-        "T, S = model.output_shape[0], model.output_shape[1]\n"
-        "clip = shapes.video_example('test', 0, S, T)\n"
-        "tokens, mask = Tokenizer.load(model.config.text.tokenizer).encode_batch([clip['caption']], model.text_length)\n"
-        "first = jnp.asarray(clip['video'][None, :1], jnp.float32) / 127.5 - 1.0\n"
-        "request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=jnp.int32(steps or model.config.sample.steps),\n"
-        "                  guidance=jnp.float32(model.config.sample.guidance), extra={'frames': first})\n"
-        "continued = np.asarray(jax.jit(model.generate)(params, request, jax.random.PRNGKey(0)))[0]\n"
+        FIRST_FRAME_CLIP +
+        "continued = api.generate(model, params, [clip['caption']], steps=steps, start=clip['video'][:1])[0]\n"
         "mediapy.show_videos([clip['video'], continued], titles=[clip['caption'], 'from its first frame'], width=160, fps=8)"),
     new_markdown_cell("## What the tokenizer keeps\n\nC-ViViT reconstructions of `moving_shapes` "
                       "test clips, and their PSNR."),
     new_code_cell(
+        "import jax.numpy as jnp\n"
         "clips = np.stack([shapes.video_example('test', i, S, T)['video'] for i in range(3)])\n"
         "x = jnp.asarray(clips, jnp.float32) / 127.5 - 1.0\n"
         "recon = model.decode_codes(params['tokenizer'], model.encode_video(params['tokenizer'], x))\n"
@@ -197,16 +195,8 @@ nuwa = [
     new_markdown_cell("## Video prediction\n\nThe first frame of a `moving_shapes` clip is given; "
                       "its tokens are fixed and the rest of the video is sampled after them."),
     new_code_cell(
-        "import jax.numpy as jnp\n"
-        "from jzoo.data import shapes\n"
-        "from jzoo.models.base import Request\n"
-        "from jzoo.text.tokenizer import Tokenizer\n"
-        "T, S = model.output_shape[0], model.output_shape[1]\n"
-        "clip = shapes.video_example('test', 0, S, T)\n"
-        "tokens, mask = Tokenizer.load(model.config.text.tokenizer).encode_batch([clip['caption']], model.text_length)\n"
-        "first = jnp.asarray(clip['video'][None, :1], jnp.float32) / 127.5 - 1.0\n"
-        "request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), extra={'frames': first})\n"
-        "predicted = np.asarray(jax.jit(model.generate)(params, request, jax.random.PRNGKey(0)))[0]\n"
+        FIRST_FRAME_CLIP +
+        "predicted = api.generate(model, params, [clip['caption']], start=clip['video'][:1])[0]\n"
         "mediapy.show_videos([clip['video'], predicted], titles=[clip['caption'], 'predicted from frame 0'], width=160, fps=8)"),
     new_markdown_cell("## What a token attends to\n\nThe decoder's causal 3D nearby attention: for "
                       "one query token (white), the cached tokens it reads (grey) in each frame of "

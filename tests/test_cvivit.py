@@ -5,11 +5,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jzoo.vq.cvivit import CViViT, tokenizer_loss
 from jzoo.vq.quantizer import VectorQuantizer
+from tests.model_helpers import assert_tokenizer_learns, fit
 
 B, SIZE = 2, 16
 MICRO = dict(patch_size=4, temporal_patch=2, width=32, num_heads=2, head_dim=16, mlp_dim=64,
@@ -157,22 +157,5 @@ def test_training_reduces_the_loss():
   model = CViViT(**MICRO)
   video = moving_blobs()
   params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), video))["params"]
-  optimizer = optax.adam(3e-3)
-
-  @jax.jit
-  def step(params, opt_state):
-    loss_fn = lambda p: tokenizer_loss(model.apply({"params": p}, video), video)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, dict(metrics, loss=loss)
-
-  opt_state = optimizer.init(params)
-  history = []
-  for _ in range(30):
-    params, opt_state, metrics = step(params, opt_state)
-    history.append(metrics)
-  first, last = history[0], history[-1]
-  assert np.isfinite(float(last["loss"]))
-  assert float(last["loss"]) < 0.5 * float(first["loss"]), (first, last)
-  assert float(last["psnr"]) > float(first["psnr"]) + 3.0
-  assert 0 < float(last["codebook_usage"]) <= 1 and float(last["perplexity"]) >= 1
+  assert_tokenizer_learns(fit(lambda p, _: tokenizer_loss(model.apply({"params": p}, video), video),
+                              params, 30))

@@ -1,12 +1,9 @@
 """NUWA (micro config): configs, the cached 3DNA decoder against the uncached one, the tasks, and
 training through the real trainer on 8 fake devices."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 
@@ -17,8 +14,7 @@ from jzoo.configs import nuwa as nuwa_configs
 from jzoo.errors import ConfigError
 from jzoo.models import nuwa
 from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Request, count_params
-from jzoo.training.loop import train_and_evaluate
-from jzoo.training.metrics import read_metrics
+from tests.model_helpers import caption_batch, fit, noisy, train_micro_stages
 
 B = 2
 
@@ -34,24 +30,13 @@ def model():
 
 def batch_for(model, batch_size=B, seed=0):
   spec = model.data_spec("transformer")
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
-  mask = (np.arange(spec.text_length)[None] < 6).astype(np.int32).repeat(batch_size, 0)
+  tokens, mask = caption_batch(spec.text_length, batch_size, seed)
   r, t = spec.resolution, spec.frames
   video = -np.ones((batch_size, t, r, r, 3), np.float32)
   for i in range(batch_size):
     for f in range(t):
       video[i, f, 4:9, 2 + 2 * f:7 + 2 * f] = (1.0, -1.0, 1.0) if i else (1.0, 1.0, -1.0)
-  return {"video": jnp.asarray(video), "tokens": jnp.asarray(tokens * mask),
-          "mask": jnp.asarray(mask)}
-
-
-def noisy(tree, seed=42, scale=0.05):
-  """Parameters plus noise: zero-initialised residual branches would hide most paths."""
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                                for x, k in zip(leaves, keys)])
+  return {"video": jnp.asarray(video), "tokens": tokens, "mask": mask}
 
 
 @pytest.fixture(scope="module")
@@ -180,32 +165,14 @@ def test_transformer_loss_decreases_and_spares_the_tokenizer(model, params):
   g_frozen = jax.grad(lambda f: model.loss("transformer", params["transformer"], batch,
                                            jax.random.PRNGKey(0), f)[0])(frozen)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(g_frozen))
-  opt = optax.adam(3e-3)
-  p, state = params["transformer"], opt.init(params["transformer"])
-
-  @jax.jit
-  def step(p, state, k):
-    loss, g = jax.value_and_grad(lambda q: model.loss("transformer", q, batch, k, frozen)[0])(p)
-    updates, state = opt.update(g, state)
-    return optax.apply_updates(p, updates), state, loss
-
-  losses = []
-  for i in range(30):
-    p, state, loss = step(p, state, jax.random.PRNGKey(i))
-    losses.append(float(loss))
+  losses = [m["loss"] for m in fit(
+      lambda p, k: model.loss("transformer", p, batch, k, frozen), params["transformer"], 30)]
   assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
 
 
 def test_micro_trains_on_8_devices_and_samples(tmp_path, capsys):
   workdir = str(tmp_path / "nuwa")
-  for stage in ("tokenizer", "transformer"):
-    config = config_lib.load("nuwa:micro", [
-        f"stage={stage}", "train.steps=12", "train.log_every=1", "train.checkpoint_every=12",
-        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "optim.lr=3e-3"])
-    train_and_evaluate(config, workdir, devices=jax.devices(), progress=False)
-    curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
-    assert len(curve) == 12 and np.all(np.isfinite(curve)), stage
-    assert curve[-3:].mean() < curve[:3].mean(), (stage, curve)
+  train_micro_stages("nuwa", ("tokenizer", "transformer"), workdir, 12)
   out = str(tmp_path / "v.gif")
   try:
     sample.main(["--model", "nuwa-micro", "--checkpoint", workdir, "--out", out])

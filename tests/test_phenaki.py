@@ -1,8 +1,6 @@
 """Phenaki (micro config): configs, the MaskGIT schedule and decoder, stages, story mode, and
 training through the real trainer on 8 fake devices."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +15,7 @@ from jzoo.errors import ConfigError
 from jzoo.models import phenaki
 from jzoo.models.base import Request, count_params
 from jzoo.nn import maskgit
-from jzoo.training.loop import train_and_evaluate
-from jzoo.training.metrics import read_metrics
+from tests.model_helpers import caption_batch, fit, noisy, train_micro_stages
 
 B = 2
 
@@ -36,8 +33,7 @@ def moving_square_batch(model, batch_size=B, seed=0):
   """Captions of random tokens and clips of one square sliding right, like `moving_shapes`."""
   spec = model.data_spec("transformer")
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
-  mask = (np.arange(spec.text_length)[None] < 6).astype(np.int32).repeat(batch_size, 0)
+  tokens, mask = caption_batch(spec.text_length, batch_size, seed)
   r, t = spec.resolution, spec.frames
   video = -np.ones((batch_size, t, r, r, 3), np.float32)
   for i in range(batch_size):
@@ -46,20 +42,14 @@ def moving_square_batch(model, batch_size=B, seed=0):
     for f in range(t):
       x = 1 + f
       video[i, f, 5:10, x:x + 5] = colour
-  return {"video": jnp.asarray(video), "tokens": jnp.asarray(tokens * mask),
-          "mask": jnp.asarray(mask)}
+  return {"video": jnp.asarray(video), "tokens": tokens, "mask": mask}
 
 
 @pytest.fixture(scope="module")
 def params(model):
-  """Initial parameters plus noise: zero-initialised residual branches would hide the text."""
   batch = moving_square_batch(model)
-  params = {stage: model.init(stage, jax.random.PRNGKey(i), batch)["params"]
-            for i, stage in enumerate(model.stages)}
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [
-      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+  return noisy({stage: model.init(stage, jax.random.PRNGKey(i), batch)["params"]
+                for i, stage in enumerate(model.stages)})
 
 
 # --- configs --------------------------------------------------------------------------------
@@ -156,7 +146,6 @@ def test_decode_with_traced_steps_compiles_once():
 
 
 def test_transformer_loss_trains_and_no_gradient_reaches_frozen_stages(model, params):
-  import optax
   batch = moving_square_batch(model)
   frozen = {s: params[s] for s in model.frozen_stages("transformer")}
   grad_fn = jax.jit(jax.value_and_grad(
@@ -165,19 +154,8 @@ def test_transformer_loss_trains_and_no_gradient_reaches_frozen_stages(model, pa
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(frozen_grads))
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
 
-  opt = optax.adam(3e-3)
-  p, state = params["transformer"], opt.init(params["transformer"])
-
-  @jax.jit
-  def step(p, state, k):
-    loss, g = jax.value_and_grad(lambda q: model.loss("transformer", q, batch, k, frozen)[0])(p)
-    updates, state = opt.update(g, state)
-    return optax.apply_updates(p, updates), state, loss
-
-  losses = []
-  for i in range(40):
-    p, state, loss = step(p, state, jax.random.PRNGKey(i))
-    losses.append(float(loss))
+  losses = [m["loss"] for m in fit(
+      lambda p, k: model.loss("transformer", p, batch, k, frozen), params["transformer"], 40)]
   assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
 
 
@@ -251,14 +229,7 @@ def test_story_mode_output_length_and_joint(model, params):
 
 def test_micro_trains_on_8_devices_and_tells_a_story(tmp_path, capsys):
   workdir = str(tmp_path / "phenaki")
-  for stage in ("text_encoder", "tokenizer", "transformer"):
-    config = config_lib.load("phenaki:micro", [
-        f"stage={stage}", "train.steps=16", "train.log_every=1", "train.checkpoint_every=16",
-        "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "optim.lr=3e-3"])
-    train_and_evaluate(config, workdir, devices=jax.devices(), progress=False)
-    curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
-    assert len(curve) == 16 and np.all(np.isfinite(curve)), stage
-    assert curve[-4:].mean() < curve[:4].mean(), (stage, curve)
+  train_micro_stages("phenaki", ("text_encoder", "tokenizer", "transformer"), workdir, 16)
   out = str(tmp_path / "story.gif")
   try:
     sample.main(["--model", "phenaki-micro", "--checkpoint", workdir, "--steps", "2",

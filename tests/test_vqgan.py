@@ -5,11 +5,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jzoo.vq.cvivit import tokenizer_loss
 from jzoo.vq.vqgan import VQGAN
+from tests.model_helpers import assert_tokenizer_learns, fit
 
 B, SIZE = 2, 16
 MICRO = dict(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, codebook_size=64, code_dim=8,
@@ -126,25 +126,8 @@ def test_training_reduces_the_loss():
   model = VQGAN(**MICRO)
   images = coloured_squares()
   params = sampled_params(model, images)
-  optimizer = optax.adam(3e-3)
-
-  @jax.jit
-  def step(params, opt_state):
-    loss_fn = lambda p: tokenizer_loss(model.apply({"params": p}, images), images)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, dict(metrics, loss=loss)
-
-  opt_state = optimizer.init(params)
-  history = []
-  for _ in range(40):
-    params, opt_state, metrics = step(params, opt_state)
-    history.append(metrics)
-  first, last = history[0], history[-1]
-  assert np.isfinite(float(last["loss"]))
-  assert float(last["loss"]) < 0.5 * float(first["loss"]), (first, last)
-  assert float(last["psnr"]) > float(first["psnr"]) + 3.0
-  assert 0 < float(last["codebook_usage"]) <= 1 and float(last["perplexity"]) >= 1
+  assert_tokenizer_learns(fit(
+      lambda p, _: tokenizer_loss(model.apply({"params": p}, images), images), params, 40))
 
 
 def test_every_parameter_has_logical_names():

@@ -319,6 +319,16 @@ class NUWA(Model):
     """The VQ-GAN's round trip (reported by jzoo.evaluate)."""
     return self.decode(params[TOKENIZER], self.encode(params[TOKENIZER], pixels))
 
+  def check_start_frames(self, shape):
+    """ConfigError unless frames of `shape` [F, H, W, 3] can start a video (video prediction)."""
+    r = int(self.config.tokenizer.resolution)
+    if not self.video:
+      raise ConfigError("this NUWA config makes images; start frames need a video config")
+    if tuple(shape[1:]) != (r, r, 3):
+      raise ConfigError(f"start frames are {shape[1]}x{shape[2]}; this model makes {r}x{r} videos")
+    if not 0 < shape[0] < self.grid[0]:
+      raise ConfigError(f"give 1 to {self.grid[0] - 1} start frames, got {shape[0]}")
+
   # --- sampling --------------------------------------------------------------
   def default_request_options(self):
     return {"steps": int(np.prod(self.grid)), "guidance": 1.0}
