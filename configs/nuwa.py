@@ -69,7 +69,7 @@ def get_config(arg=None):
     c.text.length = 24
     c.tokenizer = _tokenizer(frames=16, resolution=32, channels=32, channel_mult=(1, 2, 2),
                              num_res_blocks=1, norm_groups=8, codebook_size=512, code_dim=16,
-                             embed_dim=64, train=_train(3000, 32, 1e-3, 200))
+                             embed_dim=64, train=_train(3000, 8, 1e-3, 200))  # 128 frames/step
     c.transformer = _transformer(vocab_size=704, width=128, encoder_layers=2, decoder_layers=4,
                                  head_dim=32, mlp_dim=384, radius=(1, 2, 2),
                                  train=_train(8000, 16, 1e-3, 200))

@@ -35,7 +35,10 @@ def bench_training(config, stage, steps):
   from jzoo.training.loop import Trainer
 
   from jzoo import config as config_lib
-  config = config_lib.with_overrides(config, [f"stage={stage}"])
+  # Each stage at its own training batch size (the config as a whole carries one stage's).
+  train = config_lib.stage_train_defaults(config, stage)
+  batch = [f"train.batch_size={train.batch_size}"] if train is not None else []
+  config = config_lib.with_overrides(config, [f"stage={stage}"] + batch)
   mesh = mesh_lib.make_mesh(config.mesh)
   trainer = Trainer(config, mesh)
   state = trainer.init_state(0)

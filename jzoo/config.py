@@ -105,6 +105,18 @@ def apply_overrides(config, overrides):
       raise ConfigError(f"--config.{item}: {e}") from None
 
 
+def stage_train_defaults(config, stage):
+  """The per-stage training block (steps, batch_size, lr, warmup_steps) a family's config keeps
+  for `stage` (`config.stages.<stage>.train` or `config.<stage>.train`), or None."""
+  stages = config.get("stages")
+  if stages is not None and stage in stages and "train" in stages[stage]:
+    return stages[stage].train
+  block = config.get(stage)
+  if isinstance(block, ml_collections.ConfigDict) and "train" in block:
+    return block.train
+  return None
+
+
 def with_overrides(config, overrides):
   """A copy of `config` with "a.b=value" overrides applied (the original is untouched)."""
   new = config.copy_and_resolve_references()

@@ -18,3 +18,14 @@ def test_bad_arguments_are_user_errors():
   with pytest.raises(SystemExit) as e:
     bench.main(["--only", "nosuch"])
   assert e.value.code == 2
+
+
+def test_each_stage_is_timed_at_its_own_batch_size():
+  from jzoo import config as config_lib
+  config = config_lib.load("phenaki:micro", ["tokenizer.train.batch_size=16",
+                                             "transformer.train.batch_size=2"])
+  assert config.train.batch_size == 8  # the config as a whole carries one stage's batch
+  assert config_lib.stage_train_defaults(config, "tokenizer").batch_size == 16
+  result = bench.bench_training(config, "tokenizer", steps=1)
+  assert result["stage"] == "tokenizer" and result["batch_size"] == 16
+  assert config_lib.stage_train_defaults(config, "no_such_stage") is None
