@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jzoo.errors import PromptError
+from jzoo.errors import ConfigError, PromptError
 
 TEXT_TO_IMAGE = "text-to-image"
 TEXT_TO_VIDEO = "text-to-video"
@@ -81,6 +81,12 @@ class Model:
 
   def __hash__(self):
     return hash(self._key())
+
+  def _check_stage(self, stage):
+    """ConfigError naming the stages when `stage` is not one of this model's."""
+    if stage not in self.stages:
+      raise ConfigError(f"{type(self).__name__} has no stage {stage!r}; "
+                        f"choose one of {list(self.stages)}")
 
   # --- data ---------------------------------------------------------------
   def data_spec(self, stage) -> DataSpec:

@@ -80,10 +80,6 @@ class Imagen(Model):
         super_resolution=super_resolution, layout=s.layout, remat=str(self.config.train.remat),
         dtype=self.dtype)
 
-  def _check_stage(self, stage):
-    if stage not in self.stages:
-      raise ConfigError(f"Imagen has no stage {stage!r}; choose one of {list(self.stages)}")
-
   def data_spec(self, stage) -> DataSpec:
     self._check_stage(stage)
     if stage == TEXT_ENCODER:  # only captions matter; the smallest canvas keeps rendering cheap
@@ -163,9 +159,6 @@ class Imagen(Model):
     return {"low_res": noisy, "aug_logsnr": aug_logsnr}
 
   # --- sampling ------------------------------------------------------------
-  def default_request_options(self):
-    return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
-
   def generate(self, params, request: Request, rng):
     """uint8 [B, H, W, 3] at the last stage's resolution. Jittable; steps/guidance may be traced."""
     return to_uint8(self.generate_stages(params, request, rng)[-1])

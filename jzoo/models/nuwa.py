@@ -252,10 +252,6 @@ class NUWA(Model):
         remat=str(config.train.remat), dtype=self.dtype)
     heads_for(tr.width, tr.head_dim)
 
-  def _check_stage(self, stage):
-    if stage not in self.stages:
-      raise ConfigError(f"NUWA has no stage {stage!r}; choose one of {list(self.stages)}")
-
   @property
   def video(self):
     return self.task == TEXT_TO_VIDEO

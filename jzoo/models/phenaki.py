@@ -115,10 +115,6 @@ class Phenaki(Model):
   def mask_id(self):
     return int(self.config.tokenizer.codebook_size)
 
-  def _check_stage(self, stage):
-    if stage not in self.stages:
-      raise ConfigError(f"Phenaki has no stage {stage!r}; choose one of {list(self.stages)}")
-
   # --- data ------------------------------------------------------------------
   def data_spec(self, stage) -> DataSpec:
     self._check_stage(stage)
@@ -208,9 +204,6 @@ class Phenaki(Model):
     return self.decode_codes(params[TOKENIZER], self.encode_video(params[TOKENIZER], video))
 
   # --- sampling --------------------------------------------------------------
-  def default_request_options(self):
-    return {"steps": int(self.config.sample.steps), "guidance": float(self.config.sample.guidance)}
-
   def generate(self, params, request: Request, rng):
     """uint8 videos [B, T, H, W, 3]. Jittable; steps and guidance may be traced.
 
