@@ -44,6 +44,8 @@ def _parse():
   p.add_argument("--baseline", default="reference", choices=("reference", "sdpa", "none"),
                  help="dense side: the masked reference (per head), "
                  "jax.nn.dot_product_attention with the mask (cuDNN on GPU), or none")
+  p.add_argument("--also", nargs="*", default=(), choices=api.IMPLS,
+                 help="other impls timed side by side with --impl (e.g. xla on a GPU)")
   p.add_argument("--repeats", type=int, default=5, help="timed runs of each fast case")
   p.add_argument("--dense-repeats", type=int, default=2, help="timed runs of each dense case")
   # From T=8 on, the frames clipped at the two ends change the work per doubling by < 5%.
@@ -102,7 +104,7 @@ def _per_head(fn):
   return run
 
 
-def _dense(baseline, radius, causal):
+def _dense(baseline, radius, causal, sdpa_impl=None):
   """(forward, forward+backward) of the dense side, each a function of (q, k, v)."""
   if baseline == "reference":
     ref = lambda q, k, v: reference.nearby_attention(q, k, v, radius=radius, causal=causal)
@@ -113,7 +115,8 @@ def _dense(baseline, radius, causal):
     b, t, h, w, n, d = q.shape
     mask = reference.nearby_mask((t, h, w), (t, h, w), radius, causal)
     flat = lambda x: x.reshape(b, t * h * w, n, d)
-    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), mask=mask[None, None])
+    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), mask=mask[None, None],
+                                       implementation=sdpa_impl)
     return out.reshape(q.shape)
   return sdpa, _fwd_bwd(sdpa)
 
@@ -154,16 +157,28 @@ def main():
         f"radius={radius} causal={causal} dtype={args.dtype}", file=sys.stderr)
   fast_cases = [_Case("auto fwd", fast, qkv, args.frames),
                 _Case("auto fwd+bwd", _fwd_bwd(fast), qkv, args.frames)]
+  also_cases = []
+  for other in args.also:
+    fn = lambda q, k, v, other=other: api.nearby_attention(q, k, v, radius=radius, causal=causal,
+                                                           impl=other)
+    also_cases += [_Case(f"{other} fwd", fn, qkv, args.frames),
+                   _Case(f"{other} fwd+bwd", _fwd_bwd(fn), qkv, args.frames)]
   dense_cases = []
   if args.baseline != "none":
-    dense, dense_and_grad = _dense(args.baseline, radius, causal)
-    # GB-sized working sets: nothing to keep warm, and a second run would double the time.
-    dense_cases = [
-        _Case(f"dense ({args.baseline}) fwd", dense, qkv, args.frames, rewarm=False),
-        _Case(f"dense ({args.baseline}) fwd+bwd", dense_and_grad, qkv, args.frames, rewarm=False)]
+    # On a GPU the sdpa side is cuDNN's fused attention where it takes the shape, else XLA's.
+    for sdpa_impl in ("cudnn", "xla") if args.baseline == "sdpa" and backend == "gpu" else (None,):
+      dense, dense_and_grad = _dense(args.baseline, radius, causal, sdpa_impl)
+      label = args.baseline if sdpa_impl is None else f"sdpa {sdpa_impl}"
+      try:  # GB-sized working sets: nothing to keep warm, and a second run would double the time.
+        dense_cases = [
+            _Case(f"dense ({label}) fwd", dense, qkv, args.frames, rewarm=False),
+            _Case(f"dense ({label}) fwd+bwd", dense_and_grad, qkv, args.frames, rewarm=False)]
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"dense ({label}) unavailable: {' '.join(str(e).split())[:200]}", file=sys.stderr)
   # The dense side is slow and long-running, so its timings are less noisy: fewer repeats.
   for r in range(max(args.repeats, args.dense_repeats)):
-    _interleaved(fast_cases + (dense_cases if r < args.dense_repeats else []), 1)
+    _interleaved(fast_cases + also_cases + (dense_cases if r < args.dense_repeats else []), 1)
   scaling_cases = [
       _Case("auto fwd (scaling)", fast, qkv if f == args.frames else inputs(f), f)
       for f in args.scaling_frames]
@@ -173,9 +188,12 @@ def main():
   if dense_cases:
     dense_fwd, dense_fb = (c.seconds for c in dense_cases)
     ratios = dict(fwd_speedup=dense_fwd / fast_fwd, fwd_bwd_speedup=dense_fb / fast_fb)
+  for other, (fwd, fb) in zip(args.also, zip(also_cases[::2], also_cases[1::2])):
+    ratios[f"fwd_speedup_over_{other}"] = fwd.seconds / fast_fwd
+    ratios[f"fwd_bwd_speedup_over_{other}"] = fb.seconds / fast_fb
   rows = [dict(name=c.name, frames=c.frames, tokens=c.frames * args.height * args.width,
                seconds=c.seconds, all_seconds=c.times, compile_seconds=c.compile_seconds,
-               peak_bytes=c.peak_bytes) for c in fast_cases + dense_cases + scaling_cases]
+               peak_bytes=c.peak_bytes) for c in fast_cases + also_cases + dense_cases + scaling_cases]
   scaling = [dict(frames=c.frames, tokens=c.frames * args.height * args.width,
                   seconds=c.seconds,
                   pairs=_neighbourhood_pairs((c.frames, args.height, args.width), radius, causal))
@@ -214,7 +232,10 @@ def main():
   for r in rows:
     peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
     print(f"| {r['name']:<30} | {r['frames']:>3} | {r['seconds'] * 1e3:>10.1f} | {peak:>12} |")
-  if ratios:
+  for other in args.also:
+    print(f"speed-up over {other}: forward {ratios[f'fwd_speedup_over_{other}']:.1f}x, "
+          f"forward+backward {ratios[f'fwd_bwd_speedup_over_{other}']:.1f}x")
+  if "fwd_speedup" in ratios:
     print(f"\nspeed-up over dense: forward {ratios['fwd_speedup']:.1f}x (target >= 20x), "
           f"forward+backward {ratios['fwd_bwd_speedup']:.1f}x (target >= 10x)")
   worst = max((s["ratio_to_previous"] for s in scaling[1:]), default=float("nan"))
@@ -224,6 +245,10 @@ def main():
         + ", ".join(f"{s['pair_ratio']:.2f}x" for s in scaling[1:]) + ")")
   print(f"auto fwd: {result['auto_fwd_tflops'] * 1e3:.2f} GFLOP/s on neighbourhood FLOPs; "
         f"process max RSS {result['max_rss_bytes'] / 2**30:.2f} GiB")
+  if "visited_tile_tflops" in result:
+    print(f"auto fwd: {result['auto_fwd_tflops']:.2f} TFLOP/s on neighbourhood FLOPs, "
+          f"{result['visited_tile_tflops']:.2f} TFLOP/s on the {result['visited_tiles']} "
+          "visited tiles")
 
 
 if __name__ == "__main__":

@@ -60,8 +60,31 @@ def load(spec, overrides=()):
   with config.unlocked():
     config.config_ref = f"{ref}:{variant}" if variant else ref
   apply_overrides(config, overrides)
+  _follow_stage_train_overrides(config, overrides)
   config.lock()
   return config
+
+
+# A stage's training block (configs/_common.py:stage_train) -> the keys it sets for the run.
+_STAGE_TRAIN_KEYS = {"steps": "train.steps", "batch_size": "train.batch_size",
+                     "lr": "optim.lr", "warmup_steps": "optim.warmup_steps"}
+
+
+def _follow_stage_train_overrides(config, overrides):
+  """An override of the running stage's own training block (`tokenizer.train.batch_size=32`
+  while training `tokenizer`) reaches the run, as that block's defaults did; a direct
+  `train.*` / `optim.*` override still wins."""
+  stage = config.get("stage")
+  if not stage:
+    return
+  prefixes = (f"stages.{stage}.train.", f"{stage}.train.")
+  explicit = {o.partition("=")[0] for o in overrides}
+  for item in overrides:
+    key, _, text = item.partition("=")
+    for prefix in prefixes:
+      target = _STAGE_TRAIN_KEYS.get(key[len(prefix):]) if key.startswith(prefix) else None
+      if target and target not in explicit:
+        apply_overrides(config, [f"{target}={text}"])
 
 
 def _parse_value(text, current):

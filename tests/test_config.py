@@ -54,3 +54,16 @@ def test_split_config_overrides():
       ["--config", "x:y", "--config.train.steps=3", "--config.optim.lr", "0.1", "--workdir", "w"])
   assert rest == ["--config", "x:y", "--workdir", "w"]
   assert overrides == ["train.steps=3", "optim.lr=0.1"]
+
+
+def test_overriding_the_running_stages_training_block_reaches_the_run():
+  c = config_lib.load("nuwa:tiny_shapes", ["stage=tokenizer", "tokenizer.train.batch_size=32",
+                                           "tokenizer.train.lr=0.002",
+                                           "transformer.train.batch_size=64"])
+  assert (c.train.batch_size, c.optim.lr) == (32, 0.002)  # the other stage's block: no effect
+  c = config_lib.load("nuwa:tiny_shapes", ["stage=transformer", "tokenizer.train.batch_size=32",
+                                           "transformer.train.batch_size=64"])
+  assert c.train.batch_size == 64
+  c = config_lib.load("nuwa:tiny_shapes", ["stage=transformer", "transformer.train.steps=5",
+                                           "train.steps=7"])
+  assert c.train.steps == 7  # a direct train.* override wins

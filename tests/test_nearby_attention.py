@@ -244,13 +244,39 @@ def test_pallas_gpu_lowers_to_triton_for_cuda():
   assert text.count("xla.gpu.triton") == 3  # forward, dQ, dK/dV
 
 
+# On a GPU, compiled (not interpreted): default 64 x 64 tiles, grids that are not powers of
+# two, coarser key grids, causal masks, and bfloat16.
+GPU_CASES = [
+    ((4, 8, 8), (4, 8, 8), (1, 2, 2), True, 32),
+    ((3, 10, 12), (3, 10, 12), (1, 2, 2), False, 64),
+    ((5, 6, 7), (5, 6, 7), (2, 1, 3), True, 12),
+    ((4, 12, 10), (2, 6, 5), (1, 1, 2), False, 64),
+    ((16, 16, 16), (16, 16, 16), (1, 2, 2), True, 64),
+]
+
+
 @pytest.mark.gpu
-def test_pallas_gpu_on_gpu_matches_reference():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("q_grid,k_grid,radius,causal,d", GPU_CASES)
+def test_pallas_gpu_on_gpu_matches_reference(q_grid, k_grid, radius, causal, d, dtype):
   if jax.default_backend() != "gpu":
     pytest.skip("needs a GPU (run with JAX_PLATFORMS=cuda)")
-  radius = (1, 2, 2)
-  fn = lambda q, k, v: pallas_gpu.nearby_attention(q, k, v, radius=radius, causal=True)
-  _assert_matches_reference(fn, (1, 4, 8, 8, 2, 32), (1, 4, 8, 8, 2, 32), radius, True)
+  q, k, v, cot = _inputs(3, (2, *q_grid, 2, d), (2, *k_grid, 2, d), jnp.dtype(dtype))
+  fn = lambda q, k, v: pallas_gpu.nearby_attention(q, k, v, radius=radius, causal=causal)
+  out, grads = _value_and_grads(fn, q, k, v, cot)
+  # The truth: the dense reference in float32 at full matmul precision (no TF32), on the
+  # same (possibly bfloat16-rounded) inputs.
+  f32 = lambda x: x.astype(jnp.float32)
+  ref = lambda q, k, v: reference.nearby_attention(q, k, v, radius=radius, causal=causal)
+  with jax.default_matmul_precision("highest"):
+    want, want_grads = _value_and_grads(ref, f32(q), f32(k), f32(v), f32(cot))
+  assert out.shape == q.shape and out.dtype == q.dtype
+  atol = 1e-4 if dtype == "float32" else 3e-2
+  np.testing.assert_allclose(f32(out), want, atol=atol, rtol=0)
+  for name, got, exp in zip("qkv", grads, want_grads):
+    scale = float(jnp.max(jnp.abs(exp)))  # gradients sum over many terms: relative to their size
+    np.testing.assert_allclose(f32(got) / scale, exp / scale, atol=atol, rtol=0,
+                               err_msg=f"d{name}")
 
 
 @pytest.mark.tpu_aot

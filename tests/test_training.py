@@ -74,6 +74,16 @@ def test_resume_in_a_new_process_equals_a_straight_run(tmp_path):
   np.testing.assert_allclose(_losses(split), _losses(straight), atol=1e-6)
 
 
+def test_max_minutes_stops_at_a_logging_step_with_a_checkpoint(tmp_path):
+  config = toy_config("train.steps=20", "train.log_every=3", "train.checkpoint_every=100")
+  train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False,
+                     max_minutes=0.0)  # already out of time at the first logging step
+  assert checkpoint.Checkpointer(checkpoint.checkpoints_dir(tmp_path, STAGE)).latest_step() == 3
+  assert [m["step"] for m in read_metrics(tmp_path / STAGE)] == [3]
+  train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
+  assert [m["step"] for m in read_metrics(tmp_path / STAGE)][-1] == 20  # resumes to the end
+
+
 def test_sigkill_mid_save_leaves_a_restorable_checkpoint(tmp_path):
   ckpt_dir = checkpoint.checkpoints_dir(tmp_path, STAGE)
   cmd = [sys.executable, "-m", "jzoo.train", "--config", TOY, "--workdir", str(tmp_path),

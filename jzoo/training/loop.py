@@ -158,11 +158,24 @@ def _check_finite(step, value, stage_dir, last_saved):
                            "--config.optim.lr or raise --config.optim.warmup_steps and resume")
 
 
-def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True):
+def _out_of_time(deadline):
+  """Whether the wall-clock `deadline` has passed, decided by host 0 for every host (clocks
+  differ, and hosts that disagree on stopping would hang in the next collective)."""
+  late = time.monotonic() > deadline
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    late = bool(multihost_utils.broadcast_one_to_all(np.int32(late)))
+  return late
+
+
+def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True,
+                       max_minutes=None):
   """Trains `config.stage` of `config.model` into `workdir/<stage>/`, resuming if checkpoints exist.
 
   `stop_after`: stop (with a checkpoint) once this step is reached, keeping the schedule of
-  `config.train.steps` — for splitting a run over sessions. Returns the final metrics dict."""
+  `config.train.steps` — for splitting a run over sessions. `max_minutes`: likewise once this
+  much wall-clock time has passed (checked at logging steps). Returns the final metrics dict."""
+  deadline = None if max_minutes is None else time.monotonic() + 60.0 * float(max_minutes)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   trainer = Trainer(config, mesh)
   model, stage, train_cfg = trainer.model, trainer.stage, config.train
@@ -234,12 +247,18 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
         last = host
         if bar is not None:
           bar.set_postfix(loss=f"{host['loss']:.4f}")
-      if done % train_cfg.checkpoint_every == 0 or done == end:
+      out_of_time = (deadline is not None and done % train_cfg.log_every == 0
+                     and _out_of_time(deadline))
+      if done % train_cfg.checkpoint_every == 0 or done == end or out_of_time:
         _check_finite(done, float(metrics["loss"]), stage_dir, last_saved)
         save(done, state)
         last_saved = done
       if bar is not None:
         bar.update(1)
+      if out_of_time:
+        print(f"stopped at step {done} of {total}: --max-minutes {max_minutes} reached "
+              "(a checkpoint was saved; run again to resume)")
+        break
   finally:
     if bar is not None:
       bar.close()
