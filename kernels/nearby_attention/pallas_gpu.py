@@ -29,8 +29,10 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 class _Plan(_tiles.TilePlan):
 
-  def __init__(self, q_shape, k_shape, radius, causal, block_q, block_k):
+  def __init__(self, q_shape, k_shape, radius, causal, block_q, block_k, num_warps=4,
+               num_stages=2):
     super().__init__(q_shape, k_shape, radius, causal, block_q, block_k)
+    self.num_warps, self.num_stages = num_warps, num_stages
     self.d = q_shape[-1]
     self.dp = max(16, pl.next_power_of_2(self.d))  # Triton tiles are powers of two
 
@@ -143,10 +145,10 @@ def _full(shape):
   return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, name, num_warps):
+def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, name, plan):
   return pl.pallas_call(
       kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=pltr.CompilerParams(num_warps=num_warps, num_stages=2),
+      compiler_params=pltr.CompilerParams(num_warps=plan.num_warps, num_stages=plan.num_stages),
       interpret=interpret, name=name)
 
 
@@ -170,7 +172,7 @@ def _forward(plan, q, k, v, interpret):
                  pl.BlockSpec((None, None, bq), lambda i, bi, h: (bi, h, i))],
       out_shape=[jax.ShapeDtypeStruct(qt.shape, q.dtype),
                  jax.ShapeDtypeStruct((b, heads, plan.nq_pad), jnp.float32)],
-      interpret=interpret, name="nearby_attention_fwd", num_warps=4,
+      interpret=interpret, name="nearby_attention_fwd", plan=plan,
   )(qt, kt, vt, plan.qpos(), plan.kpos(), jnp.asarray(plan.kv_idx.reshape(-1)),
     jnp.asarray(plan.kv_cnt))
   return out, lse
@@ -202,7 +204,7 @@ def _backward(plan, q, k, v, out_t, lse, dout, interpret):
                 pl.BlockSpec((None, None, bq), row_q), pl.BlockSpec((None, None, bq), row_q)],
       out_specs=pl.BlockSpec((None, None, bq, dp), tile_q),
       out_shape=jax.ShapeDtypeStruct(qt.shape, q.dtype),
-      interpret=interpret, name="nearby_attention_dq", num_warps=4,
+      interpret=interpret, name="nearby_attention_dq", plan=plan,
   )(qt, kt, vt, qpos, kpos, jnp.asarray(plan.kv_idx.reshape(-1)), jnp.asarray(plan.kv_cnt), dot,
     lse, delta)
 
@@ -221,40 +223,43 @@ def _backward(plan, q, k, v, out_t, lse, dout, interpret):
       out_specs=[pl.BlockSpec((None, None, bk, dp), tile_q),
                  pl.BlockSpec((None, None, bk, dp), tile_q)],
       out_shape=[jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)],
-      interpret=interpret, name="nearby_attention_dkv", num_warps=4,
+      interpret=interpret, name="nearby_attention_dkv", plan=plan,
   )(qt, kt, vt, qpos, kpos, jnp.asarray(plan.q_idx.reshape(-1)), jnp.asarray(plan.q_cnt), dot,
     lse, delta)
   return plan.untokens(dq, q.shape), plan.untokens(dk, k.shape), plan.untokens(dv, v.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _attention(q, k, v, radius, causal, block_q, block_k, interpret):
-  plan = _Plan(q.shape, k.shape, radius, causal, block_q, block_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _attention(q, k, v, radius, causal, tiling, interpret):
+  plan = _Plan(q.shape, k.shape, radius, causal, *tiling)
   return plan.untokens(_forward(plan, q, k, v, interpret)[0], q.shape)
 
 
-def _attention_fwd(q, k, v, radius, causal, block_q, block_k, interpret):
-  plan = _Plan(q.shape, k.shape, radius, causal, block_q, block_k)
+def _attention_fwd(q, k, v, radius, causal, tiling, interpret):
+  plan = _Plan(q.shape, k.shape, radius, causal, *tiling)
   out_t, lse = _forward(plan, q, k, v, interpret)
   return plan.untokens(out_t, q.shape), (q, k, v, out_t, lse)
 
 
-def _attention_bwd(radius, causal, block_q, block_k, interpret, res, dout):
+def _attention_bwd(radius, causal, tiling, interpret, res, dout):
   q, k, v, out_t, lse = res
-  plan = _Plan(q.shape, k.shape, radius, causal, block_q, block_k)
+  plan = _Plan(q.shape, k.shape, radius, causal, *tiling)
   return _backward(plan, q, k, v, out_t, lse, dout, interpret)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def nearby_attention(q, k, v, *, radius, causal=False, block_q=64, block_k=64, interpret=False):
+def nearby_attention(q, k, v, *, radius, causal=False, block_q=64, block_k=64, num_warps=4,
+                     num_stages=2, interpret=False):
   """3D nearby attention as a block-sparse Pallas Triton kernel (see module docstring).
 
-  block_q and block_k must be powers of two (Triton tiles).
+  block_q and block_k must be powers of two (Triton tiles); num_warps and num_stages are
+  Triton's launch settings (benchmarks/nearby_attention_tiles.py compares choices).
   """
   for name, blk in (("block_q", block_q), ("block_k", block_k)):
     if blk < 1 or blk & (blk - 1):
       raise ValueError(f"{name} must be a power of two for the Triton kernel, got {blk}")
-  return _attention(q, k, v, tuple(int(r) for r in radius), bool(causal), int(block_q),
-                    int(block_k), bool(interpret))
+  tiling = (int(block_q), int(block_k), int(num_warps), int(num_stages))
+  return _attention(q, k, v, tuple(int(r) for r in radius), bool(causal), tiling,
+                    bool(interpret))
