@@ -1,13 +1,17 @@
-"""Scores a trained model's sampling settings on `test` prompts, one JSON line per setting.
+"""Scores a model's sampling settings on `test` prompts, one JSON line per setting.
 
-  python scripts/sweep_sampling.py runs/phenaki-tiny 64 1,2,12 0.5,2,12 0.5,4,12
+  python scripts/sweep_sampling.py runs/phenaki-tiny 64 temperature=1,guidance=2,steps=12 \
+      temperature=0.5,guidance=4,steps=12
+  python scripts/sweep_sampling.py nuwa-tiny-shapes 64 top_k=8 top_k=32,temperature=0.7
 
-Each setting is TEMPERATURE,GUIDANCE,STEPS (`sample.temperature` is rebuilt into
-the config; guidance and steps are traced). Used to pick the sampling defaults
-that `python -m jzoo.export --config.sample.*` bundles.
+MODEL is a training directory or a registered model with bundled weights; each
+setting is comma-separated `sample.*` overrides of its config (the sampling keys
+differ by family). Used to pick the sampling defaults that
+`python -m jzoo.export --config.sample.*` bundles.
 """
 
 import json
+import os
 import sys
 
 from jzoo import config as config_lib
@@ -16,17 +20,18 @@ from jzoo import registry
 from jzoo.sample import load_checkpoint_params
 
 
-def main(workdir, num, *settings):
-  base = registry.training_config(workdir)
+def main(model_ref, num, *settings):
+  from_workdir = os.path.isdir(model_ref)
+  base = registry.training_config(model_ref) if from_workdir else registry.load_config(model_ref)
   params = None
   for setting in settings:
-    temperature, guidance, steps = (float(v) for v in setting.split(","))
-    model = registry.build_model(config_lib.with_overrides(base, [f"sample.temperature={temperature}"]))
-    params = params or load_checkpoint_params(model, workdir)
-    r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0, steps=int(steps),
-                              guidance=guidance)
-    print(json.dumps(dict(temperature=temperature, guidance=guidance, steps=int(steps),
-                          accuracy=r["accuracy"], attributes=r["attributes"],
+    overrides = [f"sample.{kv}" for kv in setting.split(",")]
+    model = registry.build_model(config_lib.with_overrides(base, overrides))
+    if params is None:  # sampling settings never change the parameters
+      params = (load_checkpoint_params(model, model_ref) if from_workdir
+                else registry.load_bundled_params(model_ref, model))
+    r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0)
+    print(json.dumps(dict(setting=setting, accuracy=r["accuracy"], attributes=r["attributes"],
                           forms={k: v["accuracy"] for k, v in r["forms"].items()})), flush=True)
 
 

@@ -40,14 +40,18 @@ class _Plan(_tiles.TilePlan):
     return jnp.asarray(_tiles.query_positions(self.q_grid, self.k_grid, self.nq_pad).T)
 
   def tokens(self, x, n_pad):
-    """[B, T, H, W, n, D] -> [B, n, N_pad, Dp], raster order, zero padded."""
+    """[B, T, H, W, n, D] -> [B, N_pad, n, Dp]: a free reshape, padded only where the token
+    count or head_dim needs it (the kernels index heads in place, no transpose)."""
     b, t, h, w, n, d = x.shape
-    x = x.reshape(b, t * h * w, n, d).transpose(0, 2, 1, 3)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, n_pad - t * h * w), (0, self.dp - d)))
+    x = x.reshape(b, t * h * w, n, d)
+    pad = ((0, 0), (0, n_pad - t * h * w), (0, 0), (0, self.dp - d))
+    return jnp.pad(x, pad) if any(p != (0, 0) for p in pad) else x
 
   def untokens(self, x, shape):
     b, t, h, w, n, d = shape
-    return x[:, :, :t * h * w, :d].transpose(0, 2, 1, 3).reshape(shape)
+    if x.shape[1:] != (t * h * w, n, d):
+      x = x[:, :t * h * w, :, :d]
+    return x.reshape(shape)
 
 
 def _coords(pos_ref, sl):
@@ -157,18 +161,18 @@ def _forward(plan, q, k, v, interpret):
   qt, kt, vt = plan.tokens(q, plan.nq_pad), plan.tokens(k, plan.nk_pad), plan.tokens(v, plan.nk_pad)
   bq, bk, dp = plan.bq, plan.bk, plan.dp
   steps = plan.kv_idx.shape[1]
-  own_q = lambda i, bi, h: (bi, h, i, 0)
-  whole_k = lambda i, bi, h: (bi, h, 0, 0)
+  own_q = lambda i, bi, h: (bi, i, h, 0)
+  whole_k = lambda i, bi, h: (bi, 0, h, 0)
   kernel = functools.partial(_fwd_kernel, scale=1.0 / math.sqrt(plan.d), radius=plan.radius,
                              causal=plan.causal, steps=steps, bq=bq, bk=bk)
   out, lse = _call(
       kernel, (plan.nq_pad // bq, b, heads),
-      in_specs=[pl.BlockSpec((None, None, bq, dp), own_q),
-                pl.BlockSpec((None, None, plan.nk_pad, dp), whole_k),
-                pl.BlockSpec((None, None, plan.nk_pad, dp), whole_k),
+      in_specs=[pl.BlockSpec((None, bq, None, dp), own_q),
+                pl.BlockSpec((None, plan.nk_pad, None, dp), whole_k),
+                pl.BlockSpec((None, plan.nk_pad, None, dp), whole_k),
                 pl.BlockSpec((4, bq), lambda i, bi, h: (0, i)),
                 _full((4, plan.nk_pad)), _full((plan.kv_idx.size,)), _full((plan.kv_cnt.size,))],
-      out_specs=[pl.BlockSpec((None, None, bq, dp), own_q),
+      out_specs=[pl.BlockSpec((None, bq, None, dp), own_q),
                  pl.BlockSpec((None, None, bq), lambda i, bi, h: (bi, h, i))],
       out_shape=[jax.ShapeDtypeStruct(qt.shape, q.dtype),
                  jax.ShapeDtypeStruct((b, heads, plan.nq_pad), jnp.float32)],
@@ -182,27 +186,27 @@ def _backward(plan, q, k, v, out_t, lse, dout, interpret):
   b, heads = q.shape[0], q.shape[4]
   qt, kt, vt = plan.tokens(q, plan.nq_pad), plan.tokens(k, plan.nk_pad), plan.tokens(v, plan.nk_pad)
   dot = plan.tokens(dout, plan.nq_pad)
-  delta = jnp.sum(dot.astype(jnp.float32) * out_t.astype(jnp.float32), -1)
+  delta = jnp.einsum("bqnd,bqnd->bnq", dot.astype(jnp.float32), out_t.astype(jnp.float32))
   bq, bk, dp = plan.bq, plan.bk, plan.dp
   static = dict(scale=1.0 / math.sqrt(plan.d), radius=plan.radius, causal=plan.causal, bq=bq,
                 bk=bk)
   qpos, kpos = plan.qpos(), plan.kpos()
 
-  tile_q = lambda i, bi, h: (bi, h, i, 0)
+  tile_q = lambda i, bi, h: (bi, i, h, 0)
   row_q = lambda i, bi, h: (bi, h, i)
-  whole = lambda i, bi, h: (bi, h, 0, 0)
+  whole = lambda i, bi, h: (bi, 0, h, 0)
   whole_row = lambda i, bi, h: (bi, h, 0)
   steps = plan.kv_idx.shape[1]
   dq = _call(
       functools.partial(_dq_kernel, steps=steps, **static), (plan.nq_pad // bq, b, heads),
-      in_specs=[pl.BlockSpec((None, None, bq, dp), tile_q),
-                pl.BlockSpec((None, None, plan.nk_pad, dp), whole),
-                pl.BlockSpec((None, None, plan.nk_pad, dp), whole),
+      in_specs=[pl.BlockSpec((None, bq, None, dp), tile_q),
+                pl.BlockSpec((None, plan.nk_pad, None, dp), whole),
+                pl.BlockSpec((None, plan.nk_pad, None, dp), whole),
                 pl.BlockSpec((4, bq), lambda i, bi, h: (0, i)),
                 _full((4, plan.nk_pad)), _full((plan.kv_idx.size,)), _full((plan.kv_cnt.size,)),
-                pl.BlockSpec((None, None, bq, dp), tile_q),
+                pl.BlockSpec((None, bq, None, dp), tile_q),
                 pl.BlockSpec((None, None, bq), row_q), pl.BlockSpec((None, None, bq), row_q)],
-      out_specs=pl.BlockSpec((None, None, bq, dp), tile_q),
+      out_specs=pl.BlockSpec((None, bq, None, dp), tile_q),
       out_shape=jax.ShapeDtypeStruct(qt.shape, q.dtype),
       interpret=interpret, name="nearby_attention_dq", plan=plan,
   )(qt, kt, vt, qpos, kpos, jnp.asarray(plan.kv_idx.reshape(-1)), jnp.asarray(plan.kv_cnt), dot,
@@ -211,17 +215,17 @@ def _backward(plan, q, k, v, out_t, lse, dout, interpret):
   qsteps = plan.q_idx.shape[1]
   dk, dv = _call(
       functools.partial(_dkv_kernel, steps=qsteps, **static), (plan.nk_pad // bk, b, heads),
-      in_specs=[pl.BlockSpec((None, None, plan.nq_pad, dp), whole),
-                pl.BlockSpec((None, None, bk, dp), tile_q),
-                pl.BlockSpec((None, None, bk, dp), tile_q),
+      in_specs=[pl.BlockSpec((None, plan.nq_pad, None, dp), whole),
+                pl.BlockSpec((None, bk, None, dp), tile_q),
+                pl.BlockSpec((None, bk, None, dp), tile_q),
                 _full((4, plan.nq_pad)),
                 pl.BlockSpec((4, bk), lambda i, bi, h: (0, i)),
                 _full((plan.q_idx.size,)), _full((plan.q_cnt.size,)),
-                pl.BlockSpec((None, None, plan.nq_pad, dp), whole),
+                pl.BlockSpec((None, plan.nq_pad, None, dp), whole),
                 pl.BlockSpec((None, None, plan.nq_pad), whole_row),
                 pl.BlockSpec((None, None, plan.nq_pad), whole_row)],
-      out_specs=[pl.BlockSpec((None, None, bk, dp), tile_q),
-                 pl.BlockSpec((None, None, bk, dp), tile_q)],
+      out_specs=[pl.BlockSpec((None, bk, None, dp), tile_q),
+                 pl.BlockSpec((None, bk, None, dp), tile_q)],
       out_shape=[jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)],
       interpret=interpret, name="nearby_attention_dkv", plan=plan,
   )(qt, kt, vt, qpos, kpos, jnp.asarray(plan.q_idx.reshape(-1)), jnp.asarray(plan.q_cnt), dot,
