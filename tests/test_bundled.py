@@ -1,0 +1,28 @@
+"""The bundled models follow their captions: the first 16 `test` captions of each, scored by
+the evaluator, against floors well below the accuracies their cards report on 500 (so that
+other CPUs' numerics cannot flip the result, while a broken load, sampler or decoder would
+score near 0, as random weights do)."""
+
+import pytest
+
+from jzoo import api, evaluate, registry
+
+# name -> (floor on 16 test captions, the card's accuracy on 500)
+FLOORS = {
+    "imagen-tiny-shapes": (0.35, 0.55),
+    "phenaki-tiny-shapes": (0.15, 0.34),
+    "nuwa-tiny-shapes": (0.25, 0.68),
+}
+
+
+def test_every_bundled_model_has_a_floor():
+  bundled = {name for name, entry in registry.MODELS.items() if entry.bundled}
+  assert bundled == set(FLOORS)
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_bundled_model_follows_its_captions(name):
+  model, params = api.load(name)
+  report = evaluate.evaluate(model, params, "test", num=16, seed=0, name=name)
+  floor, _ = FLOORS[name]
+  assert report["accuracy"] >= floor, (name, report["accuracy"], report["forms"])
