@@ -36,6 +36,10 @@ def _transformer(**kw):
       width=1280, encoder_layers=10, decoder_layers=24, head_dim=64, mlp_dim=5120,
       radius=(1, 1, 1),          # 3DNA box of the decoder's causal self-attention: (2r+1) per axis
       attention_impl="auto",     # jzoo.kernels.nearby_attention impl: auto | xla | pallas | reference
+      # Visual condition (video prediction, as NUWA's V2V task): the codes of the first
+      # `condition_frames` frames go through `condition_layers` of non-causal 3DNA, and every
+      # decoder layer cross-attends to them with 3DNA boxes of `condition_radius`. 0: text only.
+      condition_frames=0, condition_layers=2, condition_radius=(1, 1, 1),
       dropout=0.0,
       train=_train(500_000, 128, 1e-4, 5000),
   ))

@@ -55,15 +55,16 @@ def caption_batch(text_length, batch_size, seed=0, words=6):
   return jnp.asarray(tokens * mask), jnp.asarray(mask)
 
 
-def train_micro_stages(family, stages, workdir, steps):
-  """Trains each stage of `family:micro` for `steps` on 8 fake devices (data=fsdp=tensor=2)
-  through the real trainer; returns {stage: loss curve}, each checked finite and decreasing."""
+def train_micro_stages(family, stages, workdir, steps, overrides=()):
+  """Trains each stage of `family:micro` (with config `overrides`) for `steps` on 8 fake devices
+  (data=fsdp=tensor=2) through the real trainer; returns {stage: loss curve}, each checked finite
+  and decreasing."""
   curves = {}
   for stage in stages:
     config = config_lib.load(f"{family}:micro", [
         f"stage={stage}", f"train.steps={steps}", "train.log_every=1",
         f"train.checkpoint_every={steps}", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
-        "optim.lr=3e-3"])
+        "optim.lr=3e-3", *overrides])
     train_and_evaluate(config, workdir, devices=jax.devices(), progress=False)
     curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
     assert len(curve) == steps and np.all(np.isfinite(curve)), stage

@@ -180,3 +180,61 @@ def test_micro_trains_on_8_devices_and_samples(tmp_path, capsys):
     assert e.code in (0, None), capsys.readouterr().err
   with Image.open(out) as gif:
     assert (gif.n_frames, gif.size) == (3, (16, 16))
+
+
+# --- visual condition (video prediction from the first frames, NUWA's 3DNA cross-attention) --------
+
+CONDITIONED = ("transformer.condition_frames=1", "transformer.condition_layers=1")
+
+
+@pytest.fixture(scope="module")
+def conditioned():
+  model = nuwa.build(micro_config(*CONDITIONED))
+  batch = batch_for(model)
+  params = noisy({stage: model.init(stage, jax.random.PRNGKey(i), batch)["params"]
+                  for i, stage in enumerate(model.stages)})
+  return model, params
+
+
+def test_conditioned_cached_decoding_equals_the_uncached_decoder(conditioned):
+  model, params = conditioned
+  batch = batch_for(model)
+  tf, p = model.transformer, params["transformer"]
+  assert "condition_0" in p and "visual_query" in p["decoder_0"]
+  codes = jax.random.randint(jax.random.PRNGKey(0), (B, *model.grid), 0, tf.codebook_size)
+  full = tf.apply({"params": p}, batch["tokens"], batch["mask"], codes).reshape(B, -1,
+                                                                                tf.codebook_size)
+  text = tf.apply({"params": p}, batch["tokens"], batch["mask"], method=tf.encode_text)
+  visual = tf.apply({"params": p}, codes[:, :1], method=tf.encode_condition)
+  caches = tf.init_cache(B)
+  flat = codes.reshape(B, -1)
+  step = jax.jit(lambda prev, n, caches: tf.apply({"params": p}, text, batch["mask"], prev, n,
+                                                  caches, visual, method=tf.step))
+  for n in range(flat.shape[1]):
+    previous = jnp.full((B,), tf.codebook_size) if n == 0 else flat[:, n - 1]
+    logits, caches = step(previous, jnp.int32(n), caches)
+    np.testing.assert_allclose(logits, full[:, n], atol=2e-4, rtol=2e-4, err_msg=f"position {n}")
+  # The condition is seen by every token: changing the last code of frame 0 changes the logits of
+  # the tokens before it too, which the causal decoder alone could not do.
+  last = model.grid[1] * model.grid[2] - 1
+  changed = flat.at[:, last].set((flat[:, last] + 1) % tf.codebook_size).reshape(codes.shape)
+  again = tf.apply({"params": p}, batch["tokens"], batch["mask"], changed).reshape(full.shape)
+  assert float(jnp.abs(again[:, :last] - full[:, :last]).max()) > 1e-4
+
+
+def test_conditioned_prediction_needs_and_keeps_the_first_frames(conditioned):
+  model, params = conditioned
+  batch = batch_for(model)
+  with pytest.raises(ConfigError, match="first 1 frame"):
+    model.generate_pixels(params, request_for(batch), jax.random.PRNGKey(0))
+  out = model.generate_pixels(params, request_for(batch, frames=batch["video"][:, :1]),
+                              jax.random.PRNGKey(0))
+  want = model.decode(params["tokenizer"], model.encode(params["tokenizer"], batch["video"]))
+  assert out.shape == (B, 3, 16, 16, 3)
+  np.testing.assert_allclose(out[:, 0], want[:, 0], atol=1e-5)
+  with pytest.raises(ConfigError, match="condition_frames"):
+    nuwa.build(micro_config("transformer.condition_frames=3"))
+
+
+def test_conditioned_micro_trains_on_8_devices(tmp_path):
+  train_micro_stages("nuwa", ("tokenizer", "transformer"), str(tmp_path), 12, CONDITIONED)

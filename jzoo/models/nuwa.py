@@ -4,13 +4,18 @@ a 3D transformer encoder-decoder with 3D Nearby Attention over VQ-GAN tokens.
 Architecture (section 3 of the paper):
   * Data as 3D token grids: text is 1×1×L, an image h×w×1, a video h×w×t,
     tokenised frame by frame by a VQ-GAN (jzoo.vq.vqgan, the `tokenizer` stage).
-  * Condition encoder: the caption's tokens, embedded, through ordinary 1D
-    self-attention layers (text has no neighbourhood to exploit).
+  * Condition encoders: the caption's tokens, embedded, through ordinary 1D
+    self-attention layers (text has no neighbourhood to exploit); with
+    `transformer.condition_frames = F > 0`, also a visual condition, the
+    tokens of the video's first F frames, through layers of (non-causal) 3DNA
+    self-attention.
   * Decoder over the target tokens in raster order (t, h, w): each layer has
     causal 3D nearby self-attention (3DNA: a token sees only earlier tokens in
     a (2rt+1)×(2rh+1)×(2rw+1) box around it, jzoo.kernels.nearby_attention),
-    full cross-attention to the text, and an MLP. Cost grows with the box,
-    not with the video.
+    3DNA cross-attention to the visual condition when there is one (a target
+    token at (i, j, l) sees the condition tokens in a box around
+    (i·Tc/T, j·Hc/H, l·Wc/W)), full cross-attention to the text, and an MLP.
+    Cost grows with the boxes, not with the video.
   * Training: next-token cross-entropy over the target grid (teacher forcing).
   * Sampling: autoregressive with top-k, one token at a time in a
     `lax.fori_loop`; every layer keeps a key/value cache of the grid, and a new
@@ -43,12 +48,12 @@ TRANSFORMER = "transformer"
 GRID = ("batch", "frames", "height", "width", "embed")
 
 
-def _attend_nearby(q, k, v, radius, impl):
-  """Causal 3DNA; inside `shard_map` when a multi-device mesh is active (Pallas on TPU/GPU)."""
+def _attend_nearby(q, k, v, radius, impl, causal=True):
+  """3DNA; inside `shard_map` when a multi-device mesh is active (Pallas on TPU/GPU)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return nearby_attention(q, k, v, radius=radius, causal=True, impl=impl)
-  return sharded_nearby_attention(q, k, v, mesh=mesh, radius=radius, causal=True, impl=impl,
+    return nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl)
+  return sharded_nearby_attention(q, k, v, mesh=mesh, radius=radius, causal=causal, impl=impl,
                                   rules=nn.get_logical_axis_rules() or None)
 
 
@@ -57,8 +62,27 @@ def window_offsets(radius):
   return np.array(list(itertools.product(*(range(-r, r + 1) for r in radius))), np.int32)
 
 
+def _box(centre, radius, grid):
+  """The box of `radius` around `centre` (traced (t, h, w)) on `grid`, cut at the borders:
+  (grid coordinates [K, 3] clipped into the grid, whether each is inside [K])."""
+  where = jnp.stack(centre)[None, :] + jnp.asarray(window_offsets(radius))
+  inside = jnp.all((where >= 0) & (where < jnp.asarray(grid)), axis=1)
+  return where, jnp.clip(where, 0, jnp.asarray(grid) - 1), inside
+
+
+def _attend_box(q, keys, values, valid):
+  """One query per head against its gathered box: q [B, heads, D], keys/values [B, K, heads, D],
+  valid [K] -> [B, heads, D] (softmax scale 1/sqrt(D), as the kernel)."""
+  logits = jnp.einsum("bhd,bkhd->bhk", q.astype(jnp.float32), keys.astype(jnp.float32))
+  logits = jnp.where(valid[None, None], logits / np.sqrt(q.shape[-1]), -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+  return jnp.einsum("bhk,bkhd->bhd", weights, values)
+
+
 class NearbyDecoderLayer(nn.Module):
-  """Causal 3DNA self-attention, cross-attention to the text, MLP; pre-LayerNorm residuals.
+  """3DNA self-attention (causal in the decoder), 3DNA cross-attention to a visual condition
+  (`visual_radius`), cross-attention to the text (`text_cross`), MLP; pre-LayerNorm residuals.
+  The visual condition's encoder layers are the same layer, not causal and with no cross-attention.
 
   `__call__` runs a whole grid (training); `step` runs one new token against a
   key/value cache (sampling). Both read the same parameters and agree exactly."""
@@ -70,6 +94,9 @@ class NearbyDecoderLayer(nn.Module):
   impl: str = "auto"
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  causal: bool = True
+  text_cross: bool = True
+  visual_radius: tuple = None  # None: no visual condition
 
   def setup(self):
     h, d = self.num_heads, self.head_dim
@@ -78,31 +105,45 @@ class NearbyDecoderLayer(nn.Module):
     self.key = HeadsProjection(h, d, self.dtype)
     self.value = HeadsProjection(h, d, self.dtype)
     self.out = OutProjection(self.width, self.dtype)
-    self.norm_cross = layers.LayerNorm(self.dtype)
-    self.cross_attention = Attention(h, d, null_kv=True, dtype=self.dtype)
+    if self.visual_radius is not None:
+      self.norm_visual = layers.LayerNorm(self.dtype)
+      self.visual_query = HeadsProjection(h, d, self.dtype)
+      self.visual_key = HeadsProjection(h, d, self.dtype)
+      self.visual_value = HeadsProjection(h, d, self.dtype)
+      self.visual_out = OutProjection(self.width, self.dtype)
+    if self.text_cross:
+      self.norm_cross = layers.LayerNorm(self.dtype)
+      self.cross_attention = Attention(h, d, null_kv=True, dtype=self.dtype)
     self.norm_mlp = layers.LayerNorm(self.dtype)
     self.mlp = MlpBlock(self.mlp_dim, self.dropout, self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
   def _cross_and_mlp(self, x, text, text_mask, deterministic):
-    cmask = (text_mask > 0)[:, None, None, :]
-    x = x + self.drop(self.cross_attention(self.norm_cross(x), text, cmask),
-                      deterministic=deterministic)
+    if self.text_cross:
+      cmask = (text_mask > 0)[:, None, None, :]
+      x = x + self.drop(self.cross_attention(self.norm_cross(x), text, cmask),
+                        deterministic=deterministic)
     return x + self.drop(self.mlp(self.norm_mlp(x), deterministic), deterministic=deterministic)
 
-  def __call__(self, x, text, text_mask, deterministic=True):
-    """x: [B, t, h, w, E] -> same."""
+  def __call__(self, x, text, text_mask, deterministic=True, visual=None):
+    """x: [B, t, h, w, E] -> same; visual: the encoded condition [B, tc, hc, wc, E] or None."""
     b, t, hh, ww, e = x.shape
+    heads = ("batch", "frames", "height", "width", "heads", "kv")
     y = self.norm_self(x)
-    q, k, v = self.query(y), self.key(y), self.value(y)
-    q, k, v = (nn.with_logical_constraint(a, ("batch", "frames", "height", "width", "heads", "kv"))
-               for a in (q, k, v))
-    y = _attend_nearby(q, k, v, tuple(self.radius), self.impl)
+    q, k, v = (nn.with_logical_constraint(a, heads)
+               for a in (self.query(y), self.key(y), self.value(y)))
+    y = _attend_nearby(q, k, v, tuple(self.radius), self.impl, self.causal)
     x = x + self.drop(self.out(y), deterministic=deterministic)
+    if self.visual_radius is not None:
+      q = nn.with_logical_constraint(self.visual_query(self.norm_visual(x)), heads)
+      k, v = (nn.with_logical_constraint(a, heads)
+              for a in (self.visual_key(visual), self.visual_value(visual)))
+      y = _attend_nearby(q, k, v, tuple(self.visual_radius), self.impl, causal=False)
+      x = x + self.drop(self.visual_out(y), deterministic=deterministic)
     x = self._cross_and_mlp(x.reshape(b, t * hh * ww, e), text, text_mask, deterministic)
     return nn.with_logical_constraint(x.reshape(b, t, hh, ww, e), GRID)
 
-  def step(self, x, position, cache, text, text_mask):
+  def step(self, x, position, cache, text, text_mask, visual=None):
     """One token. x: [B, E] at grid `position` (t, h, w) (traced ints); cache: (k, v) of shape
     [B, t, h, w, heads, D]. Returns (y [B, E], updated cache)."""
     cache_k, cache_v = cache
@@ -113,24 +154,27 @@ class NearbyDecoderLayer(nn.Module):
     cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None, None, None], at)
     cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None, None, None], at)
     # The box around `position`, truncated at the borders and to keys at or before it.
-    where = jnp.stack(position)[None, :] + jnp.asarray(window_offsets(self.radius))  # [K, 3]
-    inside = jnp.all((where >= 0) & (where < jnp.asarray(grid)), axis=1)
+    where, idx, inside = _box(position, self.radius, grid)
     raster = lambda p: (p[..., 0] * grid[1] + p[..., 1]) * grid[2] + p[..., 2]
     valid = inside & (raster(where) <= raster(jnp.stack(position)))
-    idx = jnp.clip(where, 0, jnp.asarray(grid) - 1)
-    keys = cache_k[:, idx[:, 0], idx[:, 1], idx[:, 2]]  # [B, K, heads, D]
-    values = cache_v[:, idx[:, 0], idx[:, 1], idx[:, 2]]
-    logits = jnp.einsum("bhd,bkhd->bhk", q.astype(jnp.float32), keys.astype(jnp.float32))
-    logits = jnp.where(valid[None, None], logits / np.sqrt(self.head_dim), -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-    y = jnp.einsum("bhk,bkhd->bhd", weights, values)
-    x = x + self.out(y)
+    gather = lambda a: a[:, idx[:, 0], idx[:, 1], idx[:, 2]]  # [B, K, ...]
+    x = x + self.out(_attend_box(q, gather(cache_k), gather(cache_v), valid))
+    if self.visual_radius is not None:
+      # The condition's box around the scaled position; only its K tokens are projected.
+      cgrid = visual.shape[1:4]
+      centre = tuple(p * c // g for p, c, g in zip(position, cgrid, grid))
+      _, cidx, inside = _box(centre, self.visual_radius, cgrid)
+      box = visual[:, cidx[:, 0], cidx[:, 1], cidx[:, 2]]  # [B, K, E]
+      q = self.visual_query(self.norm_visual(x))
+      y = _attend_box(q, self.visual_key(box), self.visual_value(box), inside)
+      x = x + self.visual_out(y)
     x = self._cross_and_mlp(x[:, None], text, text_mask, True)[:, 0]
     return x, (cache_k, cache_v)
 
 
 class NUWATransformer(nn.Module):
-  """Text encoder + 3DNA decoder over a [t, h, w] grid of `codebook_size` codes."""
+  """Text encoder (+ 3DNA encoder of the first `condition_frames` frames' codes) + 3DNA decoder
+  over a [t, h, w] grid of `codebook_size` codes."""
   vocab_size: int
   text_length: int
   codebook_size: int
@@ -145,6 +189,9 @@ class NUWATransformer(nn.Module):
   dropout: float = 0.0
   remat: str = "none"
   dtype: jnp.dtype = jnp.float32
+  condition_frames: int = 0  # > 0: the first frames' codes are a visual condition
+  condition_layers: int = 0
+  condition_radius: tuple = (1, 1, 1)
 
   def setup(self):
     e, heads = self.width, heads_for(self.width, self.head_dim)
@@ -165,8 +212,18 @@ class NUWATransformer(nn.Module):
     layer = NearbyDecoderLayer
     if self.remat == "full":
       layer = nn.remat(NearbyDecoderLayer, static_argnums=(4,))  # deterministic
+    visual_radius = tuple(self.condition_radius) if self.condition_frames else None
+    if self.condition_frames:
+      # The condition frames are the video's first frames: they share its code embedding and
+      # positions, and are encoded with non-causal 3DNA.
+      self.condition_encoder = [
+          layer(e, heads, self.head_dim, self.mlp_dim, tuple(self.condition_radius), self.impl,
+                self.dropout, self.dtype, causal=False, text_cross=False, name=f"condition_{i}")
+          for i in range(self.condition_layers)]
+      self.norm_condition = layers.LayerNorm(self.dtype)
     self.decoder = [layer(e, heads, self.head_dim, self.mlp_dim, tuple(self.radius), self.impl,
-                          self.dropout, self.dtype, name=f"decoder_{i}")
+                          self.dropout, self.dtype, visual_radius=visual_radius,
+                          name=f"decoder_{i}")
                     for i in range(self.decoder_layers)]
     self.norm_out = layers.LayerNorm(self.dtype)
     self.head = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype)
@@ -184,16 +241,27 @@ class NUWATransformer(nn.Module):
     return (self.position_time[:, None, None] + self.position_height[None, :, None]
             + self.position_width[None, None, :]).astype(self.dtype)  # [t, h, w, E]
 
+  def encode_condition(self, codes, deterministic=True):
+    """The visual condition: codes [B, condition_frames, h, w] -> [B, condition_frames, h, w, E]."""
+    x = self.code_embedding(codes) + self._positions()[:codes.shape[1]]
+    x = nn.with_logical_constraint(x, GRID)
+    for layer in self.condition_encoder:
+      x = layer(x, None, None, deterministic)
+    return self.norm_condition(x)
+
   def __call__(self, tokens, mask, codes, deterministic=True):
-    """Teacher forcing: logits [B, t, h, w, V] of each code given the codes before it."""
+    """Teacher forcing: logits [B, t, h, w, V] of each code given the codes before it (and, with
+    a visual condition, the first `condition_frames` frames of `codes`)."""
     text = self.encode_text(tokens, mask, deterministic)
+    visual = (self.encode_condition(codes[:, :self.condition_frames], deterministic)
+              if self.condition_frames else None)
     b = codes.shape[0]
     flat = codes.reshape(b, -1)
     shifted = jnp.concatenate([jnp.full((b, 1), self.bos, flat.dtype), flat[:, :-1]], axis=1)
     x = self.code_embedding(shifted.reshape(codes.shape)) + self._positions()
     x = nn.with_logical_constraint(x, GRID)
     for layer in self.decoder:
-      x = layer(x, text, mask, deterministic)
+      x = layer(x, text, mask, deterministic, visual)
     return self.head(self.norm_out(x))
 
   def init_cache(self, batch):
@@ -202,15 +270,15 @@ class NUWATransformer(nn.Module):
     return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
             for _ in range(self.decoder_layers)]
 
-  def step(self, text, mask, previous, n, caches):
+  def step(self, text, mask, previous, n, caches, visual=None):
     """Logits [B, V] of the code at raster index n, given the code at n - 1 (`previous`, BOS
-    for n = 0) and the caches of codes < n."""
+    for n = 0), the caches of codes < n and the encoded visual condition (if any)."""
     t, h, w = self.grid
     position = (n // (h * w), (n // w) % h, n % w)
     x = self.code_embedding(previous) + self._positions()[position]
     new_caches = []
     for layer, cache in zip(self.decoder, caches):
-      x, cache = layer.step(x, position, cache, text, mask)
+      x, cache = layer.step(x, position, cache, text, mask, visual)
       new_caches.append(cache)
     return self.head(self.norm_out(x)), new_caches
 
@@ -244,12 +312,19 @@ class NUWA(Model):
     self.grid = (int(tk.frames), side, side)
     if len(tr.radius) != 3:
       raise ConfigError(f"transformer.radius must be (rt, rh, rw), got {tr.radius}")
+    # Configs written before visual conditions existed (bundled config.json files) have none.
+    self.condition_frames = int(tr.get("condition_frames", 0))
+    if self.condition_frames and not 0 < self.condition_frames < self.grid[0]:
+      raise ConfigError(f"transformer.condition_frames must be 0 (text only) or 1 to "
+                        f"{self.grid[0] - 1} (first frames of the video), got {self.condition_frames}")
     self.transformer = NUWATransformer(
         vocab_size=tr.vocab_size, text_length=self.text_length, codebook_size=tk.codebook_size,
         grid=self.grid, width=tr.width, encoder_layers=tr.encoder_layers,
         decoder_layers=tr.decoder_layers, head_dim=tr.head_dim, mlp_dim=tr.mlp_dim,
         radius=tuple(tr.radius), impl=tr.attention_impl, dropout=tr.dropout,
-        remat=str(config.train.remat), dtype=self.dtype)
+        remat=str(config.train.remat), dtype=self.dtype,
+        condition_frames=self.condition_frames, condition_layers=int(tr.get("condition_layers", 0)),
+        condition_radius=tuple(tr.get("condition_radius", (1, 1, 1))))
     heads_for(tr.width, tr.head_dim)
 
   @property
@@ -294,7 +369,9 @@ class NUWA(Model):
     codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
     logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
                                     deterministic=False, rngs={"dropout": rng})
-    logits = logits.astype(jnp.float32)
+    # The condition frames are given at sampling time: only the frames after them are predicted.
+    logits = logits[:, self.condition_frames:].astype(jnp.float32)
+    codes = codes[:, self.condition_frames:]
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == codes)
     return loss, {"cross_entropy": loss, "accuracy": accuracy}
@@ -322,8 +399,9 @@ class NUWA(Model):
       raise ConfigError("this NUWA config makes images; start frames need a video config")
     if tuple(shape[1:]) != (r, r, 3):
       raise ConfigError(f"start frames are {shape[1]}x{shape[2]}; this model makes {r}x{r} videos")
-    if not 0 < shape[0] < self.grid[0]:
-      raise ConfigError(f"give 1 to {self.grid[0] - 1} start frames, got {shape[0]}")
+    low = max(1, self.condition_frames)
+    if not low <= shape[0] < self.grid[0]:
+      raise ConfigError(f"give {low} to {self.grid[0] - 1} start frames, got {shape[0]}")
 
   # --- sampling --------------------------------------------------------------
   def default_request_options(self):
@@ -347,10 +425,14 @@ class NUWA(Model):
   def _known_tokens(self, params, extra, b):
     known = jnp.zeros((b, *self.grid), jnp.int32)
     known_mask = jnp.zeros((b, *self.grid), bool)
+    if self.condition_frames and "frames" not in extra:
+      raise ConfigError(f"this NUWA predicts videos from their first {self.condition_frames} "
+                        "frame(s): give them (python -m jzoo.sample --start FILE)")
     if "frames" in extra:
       f = extra["frames"].shape[1]
-      if not 0 < f < self.grid[0]:
-        raise ConfigError(f"give 1 to {self.grid[0] - 1} first frames, got {f}")
+      low = max(1, self.condition_frames)
+      if not low <= f < self.grid[0]:
+        raise ConfigError(f"give {low} to {self.grid[0] - 1} first frames, got {f}")
       codes = self.tokenizer.apply({"params": params[TOKENIZER]}, extra["frames"],
                                    method=VQGAN.encode)[0]
       known = known.at[:, :f].set(codes)
@@ -361,11 +443,16 @@ class NUWA(Model):
     return known, known_mask
 
   def sample_codes(self, params, tokens, mask, known, known_mask, rng):
-    """Autoregressive top-k sampling with the key/value caches; codes int32 [B, t, h, w]."""
+    """Autoregressive top-k sampling with the key/value caches; codes int32 [B, t, h, w].
+    With a visual condition, `known`'s first `condition_frames` frames are it."""
     s = self.config.sample
     model = self.transformer
     b = tokens.shape[0]
     text = model.apply({"params": params}, tokens, mask, method=NUWATransformer.encode_text)
+    visual = None
+    if self.condition_frames:  # the given first frames, encoded once
+      visual = model.apply({"params": params}, known[:, :self.condition_frames],
+                           method=NUWATransformer.encode_condition)
     caches = model.init_cache(b)
     n_tokens = int(np.prod(self.grid))
     known, known_mask = known.reshape(b, -1), known_mask.reshape(b, -1)
@@ -375,7 +462,7 @@ class NUWA(Model):
       rng, sample_rng = jax.random.split(rng)
       previous = jnp.where(n == 0, model.codebook_size,
                            codes[:, jnp.maximum(n - 1, 0)])
-      logits, caches = model.apply({"params": params}, text, mask, previous, n, caches,
+      logits, caches = model.apply({"params": params}, text, mask, previous, n, caches, visual,
                                    method=NUWATransformer.step)
       sampled = top_k_sample(sample_rng, logits, int(s.top_k), float(s.temperature))
       code = jnp.where(known_mask[:, n], known[:, n], sampled)
