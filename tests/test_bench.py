@@ -24,7 +24,8 @@ def test_each_stage_is_timed_at_its_own_batch_size():
   from jzoo import config as config_lib
   config = config_lib.load("phenaki:micro", ["tokenizer.train.batch_size=16",
                                              "transformer.train.batch_size=2"])
-  assert config.train.batch_size == 8  # the config as a whole carries one stage's batch
+  # The config as a whole carries its running stage's (transformer) batch.
+  assert config.stage == "transformer" and config.train.batch_size == 2
   assert config_lib.stage_train_defaults(config, "tokenizer").batch_size == 16
   result = bench.bench_training(config, "tokenizer", steps=1)
   assert result["stage"] == "tokenizer" and result["batch_size"] == 16
