@@ -43,6 +43,12 @@ def build_parser():
   p.add_argument("--json", action="store_true", help="print the report (without samples) as one JSON object")
   p.add_argument("--random-weights", action="store_true",
                  help="smoke test: evaluate freshly initialised parameters")
+  p.add_argument("--fid-weights", default=None, metavar="FILE",
+                 help="also report FID against the real samples, with pytorch-fid's InceptionV3 "
+                 "weights (pt_inception-2015-12-05-6726825d.pth or a safetensors copy)")
+  p.add_argument("--clip", default=None, metavar="DIR",
+                 help="also report the CLIP score of samples and captions, with a Hugging Face "
+                 "CLIP folder (config.json, model.safetensors, tokenizer files)")
   return p
 
 
@@ -79,11 +85,14 @@ def _found(result):
 
 
 def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
-             *, batch_size=16, name=None):
+             *, batch_size=16, name=None, fid_params=None, clip=None):
   """Generates for the first `num` captions of `split`, scores them; returns the report dict.
 
   model/params as from `jzoo.sample.load_model_and_params`. With `out_dir`,
   also writes report.json, report.md and grid.png there (report["files"]).
+  `fid_params` (jzoo.eval.inception.load_inception_params) adds "fid" against the real
+  samples (video frames pooled); `clip` = (model, params, tokenizer) from
+  jzoo.eval.clip.load_clip adds "clip_score" (a video's middle frame).
   """
   from jzoo import sample
   from jzoo.eval import alignment, frechet
@@ -134,6 +143,14 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
     # generator of tokens could reach through this tokenizer.
     report["tokenizer_accuracy"] = float(np.mean(
         [alignment.score(x, c)["correct"] for x, c in zip(recons, captions)]))
+  if fid_params is not None:
+    from jzoo.eval import fid as fid_lib
+    frames = lambda xs: np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in xs])
+    report["fid"] = fid_lib.fid(frames(real), frames(outputs), fid_params)
+  if clip is not None:
+    from jzoo.eval import clip as clip_lib
+    images = [x[len(x) // 2] if video else x for x in outputs]
+    report["clip_score"] = clip_lib.clip_score(images, captions, *clip)[0]
   report["evaluator"] = dict(
       relation_tolerance=alignment.RELATION_TOLERANCE, min_travel=alignment.MIN_TRAVEL,
       max_drift=alignment.MAX_DRIFT, min_area=alignment.MIN_AREA,
@@ -173,6 +190,9 @@ def headline(report):
     parts.append(f"FD {report['frechet_distance']:.3f}")
     if report.get("frechet_video_distance") is not None:
       parts.append(f"FVD {report['frechet_video_distance']:.3f}")
+  for key, label in (("fid", "FID"), ("clip_score", "CLIP score")):
+    if report.get(key) is not None:
+      parts.append(f"{label} {report[key]:.2f}")
   if report.get("tokenizer_psnr") is not None:
     parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB, accuracy of its round trips "
                  f"{report['tokenizer_accuracy']:.3f}")
@@ -198,10 +218,18 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create --out {out!r} ({e.strerror}); choose a writable directory") from None
+  # The metric networks' weights load before any generation, so a bad path fails fast.
+  fid_params = clip = None
+  if args.fid_weights:
+    from jzoo.eval import inception
+    fid_params = inception.load_inception_params(args.fid_weights)
+  if args.clip:
+    from jzoo.eval import clip as clip_lib
+    clip = clip_lib.load_clip(args.clip)
   from jzoo import sample
   model, params = sample.load_model_and_params(args)
   report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
-                    batch_size=args.batch_size, name=args.model)
+                    batch_size=args.batch_size, name=args.model, fid_params=fid_params, clip=clip)
   if args.json:
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
   else:

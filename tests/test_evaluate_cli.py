@@ -147,6 +147,26 @@ def test_evaluate_reports_the_tokenizer_psnr():
                                                                  "test", 2, ()), {}, "test", 2)
 
 
+CLIP_TINY = os.path.join(os.path.dirname(__file__), "golden", "clip_tiny")
+
+
+def test_evaluate_adds_fid_and_clip_score():
+  """With the metric networks given (random Inception weights, the tiny golden CLIP), the report
+  carries FID (0 for a model that renders the real samples) and the CLIP score of its pairs."""
+  from jzoo.eval import clip as clip_lib
+  from jzoo.eval import inception
+  model = FakeModel(TEXT_TO_VIDEO, (4, 32, 32), "test", 3, corrupt=())
+  fid_params = inception.params_from_state_dict(inception.random_state_dict(0))
+  clip = clip_lib.load_clip(CLIP_TINY)
+  report = evaluate_lib.evaluate(model, {}, "test", 3, fid_params=fid_params, clip=clip)
+  assert report["fid"] == pytest.approx(0.0, abs=1e-3)
+  middle = [shapes.render_video(model._scene(i)["objects"], 32, 4)[2] for i in range(3)]
+  want = clip_lib.clip_score(middle, [model._scene(i)["caption"] for i in range(3)], *clip)[0]
+  assert report["clip_score"] == pytest.approx(want) and 0 <= want <= 100
+  assert "FID 0.00" in evaluate_lib.headline(dict(report, model="fake"))
+  assert "fid" not in evaluate_lib.evaluate(model, {}, "test", 2)
+
+
 @pytest.mark.parametrize("split,num,message", [("train", 4, "unknown split"), ("test", 0, "positive"),
                                                ("test", 2001, "more than the 2000")])
 def test_evaluate_rejects_bad_requests(split, num, message):
@@ -164,6 +184,8 @@ def run_main(argv, capsys):
     (["--model", "imagen-micro", "--split", "train"], "unknown split 'train'"),
     (["--model", "imagen-micro", "--num", "0"], "--num must be a positive integer"),
     (["--model", "imagen-micro", "--steps", "-1"], "--steps must be a positive integer"),
+    (["--model", "imagen-micro", "--fid-weights", "/no/such.pth"], "/no/such.pth"),
+    (["--model", "imagen-micro", "--clip", "/no/such/clip"], "no such CLIP folder"),
 ])
 def test_cli_user_errors_are_one_line(argv, message, capsys):
   code, out, err = run_main(argv, capsys)
