@@ -24,6 +24,10 @@ def _tokenizer(**kw):
       channels=128, channel_mult=(1, 1, 2, 2, 4),  # 4 downsamplings: 336 -> 21x21 tokens
       num_res_blocks=2, norm_groups=32,
       codebook_size=12288, code_dim=32, embed_dim=256, commitment=0.25,
+      codebook_ema=0.0,           # > 0: EMA codebook updates with this decay (e.g. 0.99)
+      reconstruction_loss="l2",   # l2 | l1
+      # + perceptual_weight * LPIPS-VGG, from weight files you give (docs/metrics/lpips.md):
+      perceptual_weight=0.0, perceptual_weights="",  # "VGG.pth,LIN.pth" or one safetensors
       train=_train(100_000, 64, 1e-4, 5000),
   ))
   t.update(kw)

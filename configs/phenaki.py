@@ -31,6 +31,10 @@ def _tokenizer(**kw):
       codebook_size=8192,
       code_dim=32,            # factorized, l2-normalised codes (ViT-VQGAN)
       commitment=0.25,
+      codebook_ema=0.0,       # > 0: EMA codebook updates with this decay (e.g. 0.99)
+      reconstruction_loss="l2",  # l2 | l1
+      # + perceptual_weight * LPIPS-VGG, from weight files you give (docs/metrics/lpips.md):
+      perceptual_weight=0.0, perceptual_weights="",  # "VGG.pth,LIN.pth" or one safetensors
       max_time_tokens=64,     # longest clip (in time tokens) the position table covers
       train=_train(100_000, 64, 1e-4, 10_000),
   ))

@@ -114,14 +114,39 @@ class Model:
     """Stages whose parameters `loss(stage, ...)` reads but does not train."""
     return ()
 
+  def frozen_abstract_params(self, stage):
+    """Abstract params of a frozen dependency that is not a stage of this model (the
+    tokenizers' perceptual network), else None (the trainer then builds the stage's)."""
+    from jzoo.vq import perceptual
+    return perceptual.abstract_params() if stage == perceptual.PERCEPTUAL else None
+
+  def tokenizer_frozen(self):
+    """The tokenizer stage's frozen dependencies: the perceptual network when its loss has one."""
+    from jzoo.vq import perceptual
+    return (perceptual.PERCEPTUAL,) if perceptual.weight(self.config.tokenizer) > 0 else ()
+
+  def tokenizer_loss(self, outputs, pixels, frozen):
+    """The tokenizer stage's loss (jzoo.vq.cvivit.tokenizer_loss) with the config's options."""
+    from jzoo.vq import perceptual
+    from jzoo.vq.cvivit import tokenizer_loss
+    tk = self.config.tokenizer
+    extra = None
+    if perceptual.PERCEPTUAL in frozen:
+      extra = (frozen[perceptual.PERCEPTUAL], perceptual.weight(tk))
+    return tokenizer_loss(outputs, pixels, tk.get("reconstruction_loss", "l2"), extra)
+
   def load_frozen(self, stage, model_dir):
     """Parameters of `frozen_stages(stage)`: each from `load_frozen_stage`."""
     return {dep: self.load_frozen_stage(dep, model_dir) for dep in self.frozen_stages(stage)}
 
   def load_frozen_stage(self, stage, model_dir):
     """One frozen stage's parameters: a text encoder with public weights named in the config
-    (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; every
-    other stage comes from its checkpoint in `model_dir`."""
+    (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; the
+    tokenizers' perceptual network from the files the config names; every other stage comes
+    from its checkpoint in `model_dir`."""
+    from jzoo.vq import perceptual
+    if stage == perceptual.PERCEPTUAL:
+      return perceptual.load(self.config.tokenizer)
     text_encoder = getattr(self, "text_encoder", None)
     if stage == "text_encoder" and text_encoder is not None and text_encoder.imported:
       return text_encoder.import_weights()

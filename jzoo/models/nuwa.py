@@ -303,7 +303,8 @@ class NUWA(Model):
     self.tokenizer = VQGAN(channels=tk.channels, channel_mult=tuple(tk.channel_mult),
                            num_res_blocks=tk.num_res_blocks, codebook_size=tk.codebook_size,
                            code_dim=tk.code_dim, embed_dim=tk.embed_dim,
-                           commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype)
+                           commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype,
+                           codebook_ema=float(tk.get("codebook_ema", 0.0)))
     f = 2 ** (len(tk.channel_mult) - 1)
     if tk.resolution % f:
       raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of the VQ-GAN's "
@@ -346,7 +347,7 @@ class NUWA(Model):
 
   def frozen_stages(self, stage):
     self._check_stage(stage)
-    return (TOKENIZER,) if stage == TRANSFORMER else ()
+    return (TOKENIZER,) if stage == TRANSFORMER else self.tokenizer_frozen()
 
   def _pixels(self, batch):
     return batch["video"] if self.video else batch["image"]
@@ -361,11 +362,10 @@ class NUWA(Model):
     return self.transformer.init(rng, batch["tokens"], batch["mask"], codes)
 
   def loss(self, stage, params, batch, rng, frozen):
-    from jzoo.vq.cvivit import tokenizer_loss
     self._check_stage(stage)
     if stage == TOKENIZER:
       x = self._pixels(batch)
-      return tokenizer_loss(self.tokenizer.apply({"params": params}, x), x)
+      return self.tokenizer_loss(self.tokenizer.apply({"params": params}, x), x, frozen)
     codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
     logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
                                     deterministic=False, rngs={"dropout": rng})

@@ -31,7 +31,7 @@ from jzoo.models.base import TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
 from jzoo.nn import layers, maskgit
 from jzoo.nn.transformer import Transformer, heads_for
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
-from jzoo.vq.cvivit import CViViT, tokenizer_loss
+from jzoo.vq.cvivit import CViViT
 
 TOKENIZER = "tokenizer"
 TRANSFORMER = "transformer"
@@ -96,7 +96,7 @@ class Phenaki(Model):
         spatial_layers=tk.spatial_layers, temporal_layers=tk.temporal_layers,
         codebook_size=tk.codebook_size, code_dim=tk.code_dim, commitment=tk.commitment,
         max_time_tokens=tk.max_time_tokens, image_size=tk.resolution, remat=remat,
-        dtype=self.dtype)
+        dtype=self.dtype, codebook_ema=float(tk.get("codebook_ema", 0.0)))
     try:
       self.time_tokens = self.tokenizer.num_time_tokens(int(tk.frames))
     except ValueError as e:
@@ -131,7 +131,9 @@ class Phenaki(Model):
 
   def frozen_stages(self, stage):
     self._check_stage(stage)
-    return (TEXT_ENCODER, TOKENIZER) if stage == TRANSFORMER else ()
+    if stage == TRANSFORMER:
+      return (TEXT_ENCODER, TOKENIZER)
+    return self.tokenizer_frozen() if stage == TOKENIZER else ()
 
   # --- training --------------------------------------------------------------
   def init(self, stage, rng, batch):
@@ -150,8 +152,8 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:
       return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=TOKENIZER)
     if stage == TOKENIZER:
-      return tokenizer_loss(self.tokenizer.apply({"params": params}, batch["video"]),
-                            batch["video"])
+      return self.tokenizer_loss(self.tokenizer.apply({"params": params}, batch["video"]),
+                                 batch["video"], frozen)
     return self._transformer_loss(params, batch, rng, frozen)
 
   def _transformer_loss(self, params, batch, rng, frozen):

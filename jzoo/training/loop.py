@@ -39,6 +39,19 @@ def ema_decay_at(step, decay):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def _overwrite(params, new_values, path=()):
+  """`params` with the leaves of the subtree `new_values` replaced (same paths, shapes, dtypes)."""
+  out = dict(params)
+  for key, value in new_values.items():
+    if key not in params:
+      raise ValueError(f"state update for {'/'.join(path + (key,))}, which is not a parameter")
+    if isinstance(value, dict):
+      out[key] = _overwrite(params[key], value, path + (key,))
+    else:
+      out[key] = jnp.asarray(value, params[key].dtype).reshape(params[key].shape)
+  return out
+
+
 class Trainer:
   """Builds the sharded state and the jitted step for one stage of a model."""
 
@@ -101,6 +114,12 @@ class Trainer:
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    # Parameters a model updates without gradients (e.g. an EMA codebook) come back from the
+    # loss as new values under "state_updates", a subtree of the params; they replace the
+    # optimizer's (zero-gradient) result.
+    new_values = metrics.pop("state_updates", None)
+    if new_values is not None:
+      params = _overwrite(params, jax.lax.stop_gradient(new_values))
     decay = ema_decay_at(state["step"], self.config.train.ema_decay)
     ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads),
@@ -128,6 +147,11 @@ class Trainer:
     """Abstract params and logical shardings of the frozen stages this stage reads."""
     abstract, shardings = {}, {}
     for dep in self.model.frozen_stages(self.stage):
+      external = self.model.frozen_abstract_params(dep)
+      if external is not None:  # not a stage of this model (e.g. a perceptual loss network)
+        abstract[dep] = external
+        shardings[dep] = jax.tree_util.tree_map(lambda _: replicated(self.mesh), external)
+        continue
       dep_batch = registry.abstract_batch(self.model, dep, 1)
       with mesh_context(self.mesh, self.rules):
         boxed = jax.eval_shape(lambda r, b, d=dep: self.model.init(d, r, b)["params"],

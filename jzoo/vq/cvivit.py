@@ -31,11 +31,11 @@ the quantizer act on one time step at a time, and the temporal transformers
 are causal; so the tokens (and the decoded frames) of time step t depend only
 on the frames (codes) of time steps <= t.
 
-Training loss (`tokenizer_loss`): L2 reconstruction + the VQ loss. Not
-implemented yet: the paper's perceptual (LPIPS / I3D) and adversarial
-(StyleGAN discriminator) terms. There is no pretrained perceptual network
-available offline, and the trainer has a single optimizer, where a GAN needs a
-second one for the discriminator.
+Training loss (`tokenizer_loss`): L2 (or L1) reconstruction + the VQ loss,
+optionally + LPIPS-VGG per frame from weight files the user gives
+(`jzoo.vq.perceptual`), and optionally an EMA codebook (`codebook_ema`). Not
+implemented: the paper's I3D perceptual term and its adversarial (StyleGAN
+discriminator) term (the trainer has a single optimizer).
 """
 
 from typing import Any
@@ -54,17 +54,31 @@ def _position_init(stddev=0.02):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), (None, "embed"))
 
 
-def tokenizer_loss(outputs, video):
-  """(reconstruction, codes, aux) of `CViViT.__call__` and the target video -> (loss, metrics).
+def tokenizer_loss(outputs, video, reconstruction_loss="l2", perceptual=None):
+  """(reconstruction, codes, aux) of a tokenizer's `__call__` and the target video ->
+  (loss, metrics).
 
-  loss = mean squared error + aux["vq_loss"]. `psnr` is that of the batch's MSE
-  on [-1, 1] data (peak-to-peak 2): 10 log10(4 / mse)."""
+  loss = mean squared ("l2") or absolute ("l1") error + aux["vq_loss"], plus
+  weight * LPIPS when `perceptual` = (LPIPS params, weight) (jzoo.vq.perceptual). `psnr` is
+  that of the batch's MSE on [-1, 1] data (peak-to-peak 2): 10 log10(4 / mse). An
+  EMA codebook's new state (`aux["state"]`) is passed on as metrics["state_updates"]
+  under the quantizer's name, for the trainer to write over the parameters."""
   reconstruction, _, aux = outputs
-  mse = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video.astype(jnp.float32)))
-  loss = mse + aux["vq_loss"]
+  error = reconstruction.astype(jnp.float32) - video.astype(jnp.float32)
+  mse = jnp.mean(jnp.square(error))
+  if reconstruction_loss not in ("l1", "l2"):
+    raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
+  loss = (mse if reconstruction_loss == "l2" else jnp.mean(jnp.abs(error))) + aux["vq_loss"]
   metrics = dict(mse=mse, psnr=10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)),
                  vq_loss=aux["vq_loss"], codebook_usage=aux["codebook_usage"],
                  perplexity=aux["perplexity"])
+  if perceptual is not None:
+    from jzoo.vq import perceptual as perceptual_lib  # pylint: disable=g-import-not-at-top
+    params, weight = perceptual
+    metrics["perceptual"] = perceptual_lib.distance(params, reconstruction, video)
+    loss = loss + weight * metrics["perceptual"]
+  if "state" in aux:
+    metrics["state_updates"] = {"quantizer": aux["state"]}
   return loss, metrics
 
 
@@ -84,6 +98,7 @@ class CViViT(nn.Module):
   codebook_size: int = 8192
   code_dim: int = 32
   commitment: float = 0.25  # weight of the commitment term of the VQ loss
+  codebook_ema: float = 0.0  # > 0: EMA codebook with this decay (VectorQuantizer.ema_decay)
   max_time_tokens: int = 16
   image_size: int = 128
   dtype: Any = jnp.float32
@@ -108,8 +123,8 @@ class CViViT(nn.Module):
     self.encoder_temporal = stack(self.temporal_layers, "encoder_temporal")
 
     self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim, e,
-                                     commitment=self.commitment, dtype=self.dtype,
-                                     name="quantizer")
+                                     commitment=self.commitment, ema_decay=self.codebook_ema,
+                                     dtype=self.dtype, name="quantizer")
 
     self.decoder_temporal_position = self.param("decoder_temporal_position", _position_init(),
                                                 (self.max_time_tokens, e), jnp.float32)

@@ -14,6 +14,15 @@ quantized vector in the forward pass, the identity in the backward pass); the
 codebook and the encoder are pulled together by the VQ-VAE loss
     ||sg(z) - e||^2 + commitment * ||z - sg(e)||^2,
 computed on the low-dimensional (normalised) vectors in float32.
+
+With `ema_decay > 0` the codebook is instead an exponential moving average of
+the vectors assigned to each code (van den Oord et al. 2017, appendix A.1;
+VQ-VAE-2): per code a count N_k and a sum m_k of its vectors,
+    N_k <- d N_k + (1 - d) n_k,   m_k <- d m_k + (1 - d) sum of the batch's vectors of code k,
+and code k is m_k / N_k (N Laplace-smoothed so unused codes stay finite). The
+loss keeps only the commitment term. The new N and m are computed in the
+forward pass from the batch and returned in `aux["state"]`; the trainer writes
+them over the parameters after the optimizer step (they get no gradient).
 """
 
 from typing import Any
@@ -51,12 +60,19 @@ class VectorQuantizer(nn.Module):
   features: int  # E: the width of the inputs and outputs (`decode_codes` has no input to read it)
   l2_normalize: bool = True
   commitment: float = 0.25
+  ema_decay: float = 0.0  # > 0: an EMA codebook (see the module docstring) instead of gradients
+  ema_epsilon: float = 1e-5  # Laplace smoothing of the EMA counts
   dtype: Any = jnp.float32
 
   def setup(self):
-    init = nn.initializers.normal(1.0)
-    self.codebook = self.param("codebook", nn.with_logical_partitioning(init, ("vocab", None)),
-                               (self.codebook_size, self.code_dim), jnp.float32)
+    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", None))
+    shape = (self.codebook_size, self.code_dim)
+    if self.ema_decay > 0:
+      count_init = nn.with_logical_partitioning(nn.initializers.ones, ("vocab",))
+      self.ema_count = self.param("ema_count", count_init, (self.codebook_size,), jnp.float32)
+      self.ema_sum = self.param("ema_sum", init, shape, jnp.float32)
+    else:
+      self.codebook = self.param("codebook", init, shape, jnp.float32)
     self.project_in = layers.dense(self.code_dim, ("embed", None), dtype=self.dtype,
                                    name="project_in")
     self.project_out = layers.dense(self.features, (None, "embed"), dtype=self.dtype,
@@ -64,7 +80,13 @@ class VectorQuantizer(nn.Module):
 
   def _codes_table(self):
     """The codebook as the lookup sees it (normalised when `l2_normalize`), float32 [K, D]."""
-    book = jnp.asarray(self.codebook, jnp.float32)
+    if self.ema_decay > 0:
+      count = jnp.asarray(self.ema_count, jnp.float32)
+      n, k = jnp.sum(count), self.codebook_size
+      smoothed = (count + self.ema_epsilon) / (n + k * self.ema_epsilon) * n
+      book = jax.lax.stop_gradient(jnp.asarray(self.ema_sum, jnp.float32) / smoothed[:, None])
+    else:
+      book = jnp.asarray(self.codebook, jnp.float32)
     return l2_normalize(book) if self.l2_normalize else book
 
   def __call__(self, z):
@@ -93,6 +115,12 @@ class VectorQuantizer(nn.Module):
         codebook_usage=jnp.mean((counts > 0).astype(jnp.float32)),
         perplexity=jnp.exp(-jnp.sum(jax.scipy.special.xlogy(probs, probs))),
     )
+    if self.ema_decay > 0:  # the codebook follows its vectors; no codebook loss
+      aux["vq_loss"] = self.commitment * commit_loss
+      d = self.ema_decay
+      sums = jnp.zeros(self.ema_sum.shape, jnp.float32).at[codes].add(sg(flat))
+      aux["state"] = {"ema_count": d * self.ema_count + (1.0 - d) * counts,
+                      "ema_sum": d * self.ema_sum + (1.0 - d) * sums}
     return self.project_out(z_st), codes.reshape(z.shape[:-1]), aux
 
   def decode_codes(self, codes):

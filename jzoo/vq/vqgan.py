@@ -28,16 +28,12 @@ Frames are folded into the batch before the encoder and unfolded after, so
 nothing mixes frames: the codes of frame t depend only on frame t, and the
 pixels of frame t only on the codes of frame t.
 
-Training loss: `jzoo.vq.cvivit.tokenizer_loss` (L2 reconstruction + VQ loss)
-works unchanged on images and videos. NOT implemented (departures from the
-paper's VQ-GAN):
-  * the perceptual (LPIPS) and adversarial (PatchGAN discriminator) loss
-    terms: there is no pretrained perceptual network available offline, and
-    the trainer has a single optimizer, where a GAN needs a second one for the
-    discriminator;
-  * the exponential-moving-average codebook update: the codebook is trained by
-    gradient through the VQ loss instead, with l2-normalised (and factorized)
-    codes as in ViT-VQGAN, which keeps codebook usage up without EMA.
+Training loss: `jzoo.vq.cvivit.tokenizer_loss` (L2 or L1 reconstruction + VQ
+loss, + LPIPS-VGG from weight files the user gives: `jzoo.vq.perceptual`)
+works unchanged on images and videos. `codebook_ema > 0` gives the EMA
+codebook update of VQ-VAE instead of the gradient-trained codebook. NOT
+implemented (a departure from the paper's VQ-GAN): the adversarial (PatchGAN
+discriminator) term.
 """
 
 from typing import Any, Sequence
@@ -132,6 +128,7 @@ class VQGAN(nn.Module):
   commitment: float = 0.25  # weight of the commitment term of the VQ loss
   norm_groups: int = 32
   dtype: Any = jnp.float32
+  codebook_ema: float = 0.0  # > 0: EMA codebook with this decay (VectorQuantizer.ema_decay)
 
   def setup(self):
     if not self.channel_mult:
@@ -139,8 +136,8 @@ class VQGAN(nn.Module):
     self.encoder = Encoder(self.channels, tuple(self.channel_mult), self.num_res_blocks,
                            self.embed_dim, self.norm_groups, self.dtype, name="encoder")
     self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim, self.embed_dim,
-                                     commitment=self.commitment, dtype=self.dtype,
-                                     name="quantizer")
+                                     commitment=self.commitment, ema_decay=self.codebook_ema,
+                                     dtype=self.dtype, name="quantizer")
     self.decoder = Decoder(self.channels, tuple(self.channel_mult), self.num_res_blocks,
                            self.norm_groups, self.dtype, name="decoder")
 
