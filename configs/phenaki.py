@@ -35,6 +35,10 @@ def _tokenizer(**kw):
       reconstruction_loss="l2",  # l2 | l1
       # + perceptual_weight * LPIPS-VGG, from weight files you give (docs/metrics/lpips.md):
       perceptual_weight=0.0, perceptual_weights="",  # "VGG.pth,LIN.pth" or one safetensors
+      # + adversarial_weight * hinge GAN term of a PatchGAN (jzoo/vq/discriminator.py), from step
+      # adversarial_start on:
+      adversarial_weight=0.0, adversarial_start=0, discriminator_channels=64,
+      discriminator_layers=3,
       max_time_tokens=64,     # longest clip (in time tokens) the position table covers
       train=_train(100_000, 64, 1e-4, 10_000),
   ))

@@ -55,10 +55,10 @@ def caption_batch(text_length, batch_size, seed=0, words=6):
   return jnp.asarray(tokens * mask), jnp.asarray(mask)
 
 
-def train_micro_stages(family, stages, workdir, steps, overrides=()):
+def train_micro_stages(family, stages, workdir, steps, overrides=(), decreasing=True):
   """Trains each stage of `family:micro` (with config `overrides`) for `steps` on 8 fake devices
   (data=fsdp=tensor=2) through the real trainer; returns {stage: loss curve}, each checked finite
-  and decreasing."""
+  and (unless `decreasing` is False) decreasing."""
   curves = {}
   for stage in stages:
     config = config_lib.load(f"{family}:micro", [
@@ -69,6 +69,6 @@ def train_micro_stages(family, stages, workdir, steps, overrides=()):
     curve = np.array([m["loss"] for m in read_metrics(os.path.join(workdir, stage))])
     assert len(curve) == steps and np.all(np.isfinite(curve)), stage
     quarter = max(steps // 4, 1)
-    assert curve[-quarter:].mean() < curve[:quarter].mean(), (stage, curve)
+    assert not decreasing or curve[-quarter:].mean() < curve[:quarter].mean(), (stage, curve)
     curves[stage] = curve
   return curves

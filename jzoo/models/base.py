@@ -125,15 +125,40 @@ class Model:
     from jzoo.vq import perceptual
     return (perceptual.PERCEPTUAL,) if perceptual.weight(self.config.tokenizer) > 0 else ()
 
-  def tokenizer_loss(self, outputs, pixels, frozen):
-    """The tokenizer stage's loss (jzoo.vq.cvivit.tokenizer_loss) with the config's options."""
+  def init_tokenizer(self, rng, pixels):
+    """The tokenizer stage's variables: the tokenizer's (`self.tokenizer`), plus a
+    discriminator's under jzoo.vq.discriminator.NAME when its loss is adversarial."""
+    from jzoo.vq import discriminator as disc
+    module = disc.from_config(self.config.tokenizer)
+    if module is None:
+      return self.tokenizer.init(rng, pixels)
+    tokenizer_rng, disc_rng = jax.random.split(rng)
+    variables = self.tokenizer.init(tokenizer_rng, pixels)
+    params = dict(variables["params"])
+    params[disc.NAME] = module.init(disc_rng, disc.frames(pixels))["params"]
+    return dict(variables, params=params)
+
+  def tokenizer_loss(self, params, pixels, frozen):
+    """The tokenizer stage's loss (jzoo.vq.cvivit.tokenizer_loss) with the config's options:
+    L1/L2, the perceptual and the adversarial terms."""
+    from jzoo.vq import discriminator as disc
     from jzoo.vq import perceptual
     from jzoo.vq.cvivit import tokenizer_loss
     tk = self.config.tokenizer
     extra = None
     if perceptual.PERCEPTUAL in frozen:
       extra = (frozen[perceptual.PERCEPTUAL], perceptual.weight(tk))
-    return tokenizer_loss(outputs, pixels, tk.get("reconstruction_loss", "l2"), extra)
+    outputs = self.tokenizer.apply({"params": params}, pixels)  # the discriminator's are unused
+    loss, metrics = tokenizer_loss(outputs, pixels, tk.get("reconstruction_loss", "l2"), extra)
+    module = disc.from_config(tk)
+    if module is not None:
+      adv, adv_metrics, state = disc.adversarial_loss(
+          module, params[disc.NAME], outputs[0], pixels, float(tk.adversarial_weight),
+          int(tk.get("adversarial_start", 0)))
+      loss = loss + adv
+      updates = dict(metrics.pop("state_updates", {}), **{disc.NAME: state})
+      metrics = dict(metrics, **adv_metrics, state_updates=updates)
+    return loss, metrics
 
   def load_frozen(self, stage, model_dir):
     """Parameters of `frozen_stages(stage)`: each from `load_frozen_stage`."""

@@ -356,7 +356,7 @@ class NUWA(Model):
   def init(self, stage, rng, batch):
     self._check_stage(stage)
     if stage == TOKENIZER:
-      return self.tokenizer.init(rng, self._pixels(batch))
+      return self.init_tokenizer(rng, self._pixels(batch))
     b = batch["tokens"].shape[0]
     codes = jnp.zeros((b, *self.grid), jnp.int32)
     return self.transformer.init(rng, batch["tokens"], batch["mask"], codes)
@@ -365,7 +365,7 @@ class NUWA(Model):
     self._check_stage(stage)
     if stage == TOKENIZER:
       x = self._pixels(batch)
-      return self.tokenizer_loss(self.tokenizer.apply({"params": params}, x), x, frozen)
+      return self.tokenizer_loss(params, x, frozen)
     codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
     logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
                                     deterministic=False, rngs={"dropout": rng})

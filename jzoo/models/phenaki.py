@@ -141,7 +141,7 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:
       return self.text_encoder.init(rng, batch["tokens"], batch["mask"])
     if stage == TOKENIZER:
-      return self.tokenizer.init(rng, batch["video"])
+      return self.init_tokenizer(rng, batch["video"])
     b = batch["tokens"].shape[0]
     tokens = jnp.zeros((b, self.time_tokens, self.grid, self.grid), jnp.int32)
     text = jnp.zeros((b, batch["tokens"].shape[1], self.text_encoder.width), self.dtype)
@@ -152,8 +152,7 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:
       return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=TOKENIZER)
     if stage == TOKENIZER:
-      return self.tokenizer_loss(self.tokenizer.apply({"params": params}, batch["video"]),
-                                 batch["video"], frozen)
+      return self.tokenizer_loss(params, batch["video"], frozen)
     return self._transformer_loss(params, batch, rng, frozen)
 
   def _transformer_loss(self, params, batch, rng, frozen):

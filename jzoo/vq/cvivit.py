@@ -31,11 +31,12 @@ the quantizer act on one time step at a time, and the temporal transformers
 are causal; so the tokens (and the decoded frames) of time step t depend only
 on the frames (codes) of time steps <= t.
 
-Training loss (`tokenizer_loss`): L2 (or L1) reconstruction + the VQ loss,
-optionally + LPIPS-VGG per frame from weight files the user gives
-(`jzoo.vq.perceptual`), and optionally an EMA codebook (`codebook_ema`). Not
-implemented: the paper's I3D perceptual term and its adversarial (StyleGAN
-discriminator) term (the trainer has a single optimizer).
+Training loss (`tokenizer_loss`, with `Model.tokenizer_loss` adding the options):
+L2 (or L1) reconstruction + the VQ loss, optionally + LPIPS-VGG per frame from
+weight files the user gives (`jzoo.vq.perceptual`) and a per-frame PatchGAN
+hinge term (`jzoo.vq.discriminator`), and optionally an EMA codebook
+(`codebook_ema`). Not implemented: the paper's I3D perceptual term and its
+StyleGAN video discriminator.
 """
 
 from typing import Any

@@ -28,12 +28,13 @@ Frames are folded into the batch before the encoder and unfolded after, so
 nothing mixes frames: the codes of frame t depend only on frame t, and the
 pixels of frame t only on the codes of frame t.
 
-Training loss: `jzoo.vq.cvivit.tokenizer_loss` (L2 or L1 reconstruction + VQ
-loss, + LPIPS-VGG from weight files the user gives: `jzoo.vq.perceptual`)
-works unchanged on images and videos. `codebook_ema > 0` gives the EMA
-codebook update of VQ-VAE instead of the gradient-trained codebook. NOT
-implemented (a departure from the paper's VQ-GAN): the adversarial (PatchGAN
-discriminator) term.
+Training loss (`Model.tokenizer_loss`): L2 or L1 reconstruction + VQ loss, +
+LPIPS-VGG from weight files the user gives (`jzoo.vq.perceptual`), + the
+PatchGAN hinge term (`jzoo.vq.discriminator`), each configurable; it works
+unchanged on images and videos. `codebook_ema > 0` gives the EMA codebook
+update of VQ-VAE instead of the gradient-trained codebook. Departures from
+taming-transformers are listed in those modules (GroupNorm discriminator, a
+fixed adversarial weight).
 """
 
 from typing import Any, Sequence
