@@ -1,0 +1,225 @@
+"""Phenaki training steps and sampling, jzoo vs phenaki-pytorch (lucidrains, 0.5.0), side by side.
+
+    python benchmarks/peers/phenaki_training_sampling.py --peer-python PEER_VENV/bin/python \
+        [--rounds 5] [--json]
+
+jzoo's `phenaki:tiny_shapes` (16 frames at 32x32; C-ViViT with 4x4 patches and
+5-frame tubelets -> 4 x 8 x 8 = 256 tokens, codebook 1024; a 4-layer, width-128
+MaskGIT transformer with cross-attention to 24 text tokens of width 128)
+against phenaki-pytorch's `CViViT` + `MaskGit` + `Phenaki` built from the same
+config: the same widths, depths, heads and head width, patch and tubelet sizes,
+codebook size and token grid. phenaki-pytorch's feed-forwards are GEGLU; their
+hidden width is set so that each MLP has jzoo's parameters and FLOPs (the
+C-ViViT does not pass `ff_mult` on, so its feed-forwards are rebuilt). What
+stays different: phenaki-pytorch's quantizer is its default lookup-free one
+(jzoo: factorized l2-normalised codes), its positions are a learned table plus
+a continuous relative-position-bias MLP and a depthwise-conv PEG per MaskGIT
+layer (jzoo: factorized learned time/row/column embeddings), and its C-ViViT
+loss in this no-GAN setting is the reconstruction MSE alone (jzoo adds the VQ
+commitment term).
+
+Measured, in rounds that alternate jzoo and the peer (minimum over rounds):
+  * the tokenizer (C-ViViT) training step and the transformer (MaskGIT)
+    training step, each at the config's training batch size (16): forward +
+    backward + global-norm clipping + AdamW + an EMA update. The transformer
+    step encodes the clips with the frozen C-ViViT on both sides
+    (`jzoo.bench.bench_training`'s step; phenaki-pytorch's `Phenaki.forward`
+    on videos).
+  * sampling 4 videos: 12 MaskGIT steps with classifier-free guidance 2.0 on
+    both sides (the config's; jzoo runs the conditional and unconditional
+    passes as one batch of 8, phenaki-pytorch as two batches of 4), then the
+    C-ViViT decoder to pixels.
+Text: random embeddings of jzoo's T5 width (128) on both sides, so no T5 runs
+(jzoo's frozen encoder is patched out; phenaki-pytorch's `encode_texts` returns
+them).
+
+Install the peer in its own virtual environment (`--peer-python`):
+`pip install phenaki-pytorch==0.5.0 -c constraints.txt`, `torch==2.13.0` in
+it (the machine's CPU build). See imagen_training_sampling.py for the offline
+T5 config and the torchvision stub that both peers need.
+"""
+
+import argparse
+import json
+import os
+
+from imagen_training_sampling import (PEER_PRELUDE, Peer, alternate, best, jzoo_train_step,
+                                      text_embeddings, timed)
+
+SAMPLES, ROUNDS, TRAIN_REPEATS = 4, 5, 2
+
+PEER = PEER_PRELUDE + """
+from importlib.metadata import version
+from phenaki_pytorch import CViViT, MaskGit, Phenaki
+from phenaki_pytorch.attention import FeedForward
+cfg = json.loads(sys.argv[1])
+tk, tr, b, n = cfg["tokenizer"], cfg["transformer"], cfg["batch"], cfg["samples"]
+cvivit = CViViT(dim=tk["width"], codebook_size=tk["codebook_size"], image_size=tk["resolution"],
+                patch_size=tk["patch_size"], temporal_patch_size=tk["temporal_patch"],
+                spatial_depth=tk["spatial_layers"], temporal_depth=tk["temporal_layers"],
+                dim_head=tk["head_dim"], heads=tk["num_heads"], use_vgg_and_gan=False)
+# GEGLU hidden = 2/3 * mult * dim: mult = mlp_dim / width gives jzoo's MLP parameters and FLOPs.
+for t in (cvivit.enc_spatial_transformer, cvivit.enc_temporal_transformer,
+          cvivit.dec_spatial_transformer, cvivit.dec_temporal_transformer):
+  for layer in t.layers:
+    layer[3] = FeedForward(tk["width"], mult=tk["mlp_dim"] / tk["width"])
+maskgit = MaskGit(dim=tr["width"], num_tokens=tk["codebook_size"], max_seq_len=cfg["tokens"],
+                  depth=tr["num_layers"], heads=tr["width"] // tr["head_dim"],
+                  dim_head=tr["head_dim"], ff_mult=tr["mlp_dim"] / tr["width"],
+                  dim_context=cfg["text_dim"])
+phenaki = Phenaki(maskgit=maskgit, cvivit=cvivit, steps=cfg["steps"], cond_drop_prob=0.1,
+                  text_embed_dim=cfg["text_dim"], max_text_len=cfg["text_len"])
+video = torch.rand(b, 3, tk["frames"], tk["resolution"], tk["resolution"]) * 2 - 1
+text = torch.randn(b, cfg["text_len"], cfg["text_dim"])
+phenaki.encode_texts = lambda texts, output_device=None: text[:len(texts)]
+
+def trainer(module, loss_fn):
+  params = [p for p in module.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+  ema = [p.detach().clone() for p in params]
+  def step():
+    loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1 - 0.999)
+  return step
+
+train_tokenizer = trainer(cvivit, lambda: cvivit(video))
+train_transformer = trainer(maskgit, lambda: phenaki(video, text_embeds=text))
+
+def sample():
+  phenaki.sample(texts=["-"] * n, num_frames=tk["frames"], cond_scale=cfg["guidance"])
+
+with FlopCounterMode(display=False) as tok_flops, torch.no_grad():
+  cvivit(video[:1], return_recons_only=True)
+with FlopCounterMode(display=False) as tr_flops, torch.no_grad():
+  maskgit(torch.zeros(1, cfg["tokens"], dtype=torch.long), context=text[:1],
+          text_mask=torch.ones(1, cfg["text_len"], dtype=torch.bool),
+          video_patch_shape=tuple(cfg["grid"]))
+for fn in (train_tokenizer, train_transformer, sample):  # warm-up
+  fn()
+count = lambda m: sum(p.numel() for p in m.parameters())
+serve(dict(tokenizer_params=count(cvivit), transformer_params=count(maskgit),
+           tokenizer_gflops=tok_flops.get_total_flops() / 1e9,
+           transformer_gflops=tr_flops.get_total_flops() / 1e9,
+           phenaki_pytorch=version("phenaki-pytorch")),
+      {"train_tokenizer": train_tokenizer, "train_transformer": train_transformer,
+       "sample": sample})
+"""
+
+
+def jzoo_side():
+  """(info, {name: call}) for jzoo's phenaki:tiny_shapes, compiled and warmed up."""
+  import jax
+  import jax.numpy as jnp
+
+  from jzoo import config as config_lib
+  from jzoo import registry
+  from jzoo.models import phenaki
+  from jzoo.models.base import Request, count_params
+  config = config_lib.load("phenaki:tiny_shapes")
+  calls, info = {}, {}
+  for stage in ("tokenizer", "transformer"):
+    calls["train_" + stage], info[stage + "_batch"], info[stage + "_compile_s"] = (
+        jzoo_train_step(config, stage))
+
+  model = phenaki.build(config)
+  params = {s: registry.random_params(model, s, jax.random.PRNGKey(0)) for s in model.stages}
+  length, width = model.text_length, model.text_encoder.width
+  text = text_embeddings((SAMPLES, length), width)
+  model.text_encoder.encode = lambda p, tokens, mask: text  # what the peer gets too
+  ones = jnp.ones((SAMPLES, length), jnp.int32)
+  steps, guidance = int(config.sample.steps), float(config.sample.guidance)
+  sample = jax.jit(lambda p, rng: model.generate_video(
+      p, Request(tokens=ones, mask=ones, steps=steps, guidance=guidance), rng))
+  keys = iter(jax.random.split(jax.random.PRNGKey(5), 1000))
+  calls["sample"] = lambda: jax.block_until_ready(sample(params, next(keys)))
+
+  tk, tr = config.tokenizer, config.transformer
+  grid = (model.time_tokens, model.grid, model.grid)
+  video = jnp.zeros((1, int(tk.frames), int(tk.resolution), int(tk.resolution), 3))
+  tokens = jnp.zeros((1, *grid), jnp.int32)
+
+  def gflops(fn, *args):
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9
+
+  info.update(
+      tokenizer_params=count_params(params["tokenizer"]),
+      transformer_params=count_params(params["transformer"]),
+      tokenizer_gflops=gflops(lambda p, v: model.tokenizer.apply({"params": p}, v),
+                              params["tokenizer"], video),
+      transformer_gflops=gflops(lambda p, t: model.transformer.apply(
+          {"params": p}, t, text[:1], ones[:1]), params["transformer"], tokens),
+      grid=grid, tokens=int(tokens.size), steps=steps, guidance=guidance, text_len=length,
+      text_dim=width, jax=jax.__version__,
+      peer_config={k: {f: v for f, v in c.to_dict().items() if f != "train"}
+                   for k, c in (("tokenizer", tk), ("transformer", tr))})
+  for call in calls.values():  # warm-up: the first runs after a compile are slower
+    call()
+  return info, calls
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--peer-python", required=True, help="python of the peer's virtual environment")
+  p.add_argument("--rounds", type=int, default=ROUNDS)
+  p.add_argument("--patience", type=float, default=10,
+                 help="seconds to wait, before each timed call, for other jobs to leave the CPUs")
+  p.add_argument("--json", action="store_true")
+  args = p.parse_args()
+  load_before = os.getloadavg()
+
+  ours, calls = jzoo_side()
+  assert ours["tokenizer_batch"] == ours["transformer_batch"], "one batch size for the peer"
+  cfg = ours.pop("peer_config")
+  peer = Peer(args.peer_python, PEER, dict(
+      cfg, batch=ours["tokenizer_batch"], samples=SAMPLES, tokens=ours["tokens"],
+      grid=ours["grid"], steps=ours["steps"], guidance=ours["guidance"],
+      text_len=ours["text_len"], text_dim=ours["text_dim"]))
+  cases = []
+  for name, repeats in (("train_tokenizer", TRAIN_REPEATS), ("train_transformer", TRAIN_REPEATS),
+                        ("sample", 1)):
+    cases += [("jzoo_" + name, timed(calls[name]), repeats),
+              ("peer_" + name, lambda name=name: peer.time(name), repeats)]
+  times = alternate(cases, args.rounds, args.patience)
+  peer.close()
+
+  b = {k: best(v) for k, v in times.items()}
+  names = ("train_tokenizer", "train_transformer", "sample")
+  result = dict(jzoo=ours, peer=peer.info, best=b, all=times,
+                speedup={k: b["peer_" + k]["seconds"] / b["jzoo_" + k]["seconds"] for k in names},
+                load_avg_before=load_before, load_avg_after=os.getloadavg())
+  if args.json:
+    print(json.dumps(result))
+    return
+  t, h, w = ours["grid"]
+  print(f"phenaki:tiny_shapes, 16 frames at 32x32 = {t}x{h}x{w} tokens; training batch "
+        f"{ours['tokenizer_batch']}; {SAMPLES} videos x {ours['steps']} MaskGIT steps, guidance "
+        f"{ours['guidance']:g} on both sides; min over {args.rounds} alternating rounds")
+  print(f"{'':34}{'params tok / MaskGIT':>22}{'GFLOP/video':>14}{'tok step':>10}"
+        f"{'MaskGIT step':>14}{'sampling':>10}")
+  peer_name = f"phenaki-pytorch {peer.info['phenaki_pytorch']} ({peer.info['threads']} threads)"
+  for name, info, side in ((f"jzoo (jax {ours['jax']})", ours, "jzoo"),
+                           (peer_name, peer.info, "peer")):
+    params = f"{info['tokenizer_params']:,} / {info['transformer_params']:,}"
+    flops = f"{info['tokenizer_gflops']:.2f} / {info['transformer_gflops']:.2f}"
+    print(f"{name:34}{params:>22}{flops:>14}" +
+          "".join(f"{b[side + '_' + k]['seconds']:>{width}.3f}s"
+                  for k, width in zip(names, (9, 13, 9))))
+  ratios = (f"{peer.info['tokenizer_params'] / ours['tokenizer_params']:.3f}x / "
+            f"{peer.info['transformer_params'] / ours['transformer_params']:.3f}x")
+  print(f"{'peer / jzoo (> 1: jzoo faster)':34}{ratios:>22}{'':14}" +
+        "".join(f"{result['speedup'][k]:>{width}.2f}x" for k, width in zip(names, (9, 13, 9))))
+  busy = max(v["busy"] for v in b.values())
+  print(f"jzoo compile: tokenizer step {ours['tokenizer_compile_s']:.0f} s, MaskGIT step "
+        f"{ours['transformer_compile_s']:.0f} s. Other jobs' CPU share before the best calls "
+        f"<= {busy:.0%}; load average {load_before[0]:.1f} -> {result['load_avg_after'][0]:.1f}")
+
+
+if __name__ == "__main__":
+  main()
