@@ -429,10 +429,8 @@ class NUWA(Model):
       raise ConfigError(f"this NUWA predicts videos from their first {self.condition_frames} "
                         "frame(s): give them (python -m jzoo.sample --start FILE)")
     if "frames" in extra:
+      self.check_start_frames(extra["frames"].shape[1:])
       f = extra["frames"].shape[1]
-      low = max(1, self.condition_frames)
-      if not low <= f < self.grid[0]:
-        raise ConfigError(f"give {low} to {self.grid[0] - 1} first frames, got {f}")
       codes = self.tokenizer.apply({"params": params[TOKENIZER]}, extra["frames"],
                                    method=VQGAN.encode)[0]
       known = known.at[:, :f].set(codes)

@@ -42,5 +42,5 @@ def abstract_params():
 
 def distance(params, reconstruction, target):
   """Mean LPIPS over all frames of [B, (T,) H, W, 3] tensors in [-1, 1]."""
-  frames = lambda v: v.reshape(-1, *v.shape[-3:]).astype(jnp.float32)
+  from jzoo.vq.discriminator import frames  # the same [B, (T,) H, W, 3] -> frames fold
   return jnp.mean(lpips.lpips(frames(reconstruction), frames(target), params))
