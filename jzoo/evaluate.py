@@ -32,7 +32,8 @@ def build_parser():
   p = argparse.ArgumentParser(prog="python -m jzoo.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=registry.DEFAULT_MODEL, help="registered model name")
-  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train")
+  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train, or a folder "
+                 "written by python -m jzoo.export")
   p.add_argument("--split", default="test", help=f"captions to evaluate on: {' or '.join(SPLITS)}")
   p.add_argument("--num", type=int, default=64, help="number of captions (the split's first N)")
   p.add_argument("--seed", type=int, default=0)

@@ -108,10 +108,23 @@ def _tuplify(x):
 
 
 def load_bundled_params(name, model):
-  entry = get_entry(name)
+  return load_exported_params(get_entry(name).weights_dir, model)
+
+
+def exported_config(folder):
+  """The config of a `python -m jzoo.export` folder (config.json beside <stage>.safetensors),
+  or None when `folder` is not one."""
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return config_from_json(f.read())
+
+
+def load_exported_params(folder, model):
   params = {}
   for stage in model.stages:
-    path = os.path.join(entry.weights_dir, f"{stage}.safetensors")
+    path = os.path.join(folder, f"{stage}.safetensors")
     if os.path.isfile(path):
       params[stage] = tree_files.load_tree(path)
   return params

@@ -42,7 +42,8 @@ def build_parser():
   p.add_argument("--start", default=None,
                  help="video models: a PNG (image-to-video) or GIF (continuation) whose frames "
                       "start every video")
-  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train")
+  p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train, or a folder "
+                 "written by python -m jzoo.export")
   p.add_argument("--format", choices=("png", "gif", "mp4"), default=None)
   p.add_argument("--batch-size", type=int, default=16, help="samples generated per device call")
   p.add_argument("--random-weights", action="store_true",
@@ -112,6 +113,10 @@ def load_model_and_params(args):
   if args.checkpoint is not None:
     if not os.path.isdir(args.checkpoint):
       raise CheckpointError(f"checkpoint directory {args.checkpoint!r} does not exist")
+    exported = registry.exported_config(args.checkpoint)
+    if exported is not None:  # a `python -m jzoo.export` folder
+      model = registry.build_model(exported)
+      return model, registry.load_exported_params(args.checkpoint, model)
     config = registry.training_config(args.checkpoint) or registry.load_config(entry.name)
     model = registry.build_model(config)
     return model, load_checkpoint_params(model, args.checkpoint)

@@ -25,6 +25,9 @@ def parse_args(argv):
   parser.add_argument("--max_minutes", "--max-minutes", type=float, default=None,
                       help="stop with a checkpoint after this many minutes (checked at logging "
                       "steps), keeping the schedule of train.steps")
+  parser.add_argument("--fit_minutes", "--fit-minutes", type=float, default=None,
+                      help="a fresh run: time the first steps, then cut train.steps (an upper "
+                      "bound) so that the run, schedule complete, ends in this many minutes")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   return args, overrides
@@ -38,7 +41,8 @@ def main(argv=None):
   config = config_lib.load(args.config, overrides)
   from jzoo.training.loop import train_and_evaluate
   metrics = train_and_evaluate(config, args.workdir, stop_after=args.stop_after,
-                               progress=not args.no_progress, max_minutes=args.max_minutes)
+                               progress=not args.no_progress, max_minutes=args.max_minutes,
+                               fit_minutes=args.fit_minutes)
   if metrics:
     print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
 

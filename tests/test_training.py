@@ -1,5 +1,6 @@
 """The trainer: same loss on every mesh, exact resume across processes, crash safety, NaN stop."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 
 from jzoo import config as config_lib
-from jzoo.errors import TrainingDiverged
+from jzoo.errors import TrainingDiverged, UserError
 from jzoo.training import checkpoint
 from jzoo.training.loop import train_and_evaluate
 from jzoo.training.metrics import read_metrics
+from jzoo.training.optim import learning_rate_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "tests", "toy_model.py")
@@ -82,6 +84,29 @@ def test_max_minutes_stops_at_a_logging_step_with_a_checkpoint(tmp_path):
   assert [m["step"] for m in read_metrics(tmp_path / STAGE)] == [3]
   train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
   assert [m["step"] for m in read_metrics(tmp_path / STAGE)][-1] == 20  # resumes to the end
+
+
+def test_fit_minutes_cuts_the_schedule_to_the_time_budget(tmp_path):
+  cap = 1_000_000
+  config = toy_config(f"train.steps={cap}", "train.log_every=10", "train.checkpoint_every=100000",
+                      "optim.warmup_steps=2")
+  started = time.monotonic()
+  train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False,
+                     fit_minutes=0.1)
+  took = time.monotonic() - started
+  saved = json.load(open(tmp_path / STAGE / "config.json"))["train"]["steps"]
+  assert 20 < saved < cap
+  assert checkpoint.Checkpointer(checkpoint.checkpoints_dir(tmp_path, STAGE)).latest_step() == saved
+  metrics = read_metrics(tmp_path / STAGE)
+  assert metrics[-1]["step"] == saved
+  # The schedule ran to its end: the last step's rate is the cosine's floor, not the peak.
+  end_lr = float(learning_rate_schedule(config.optim, saved)(saved - 1))
+  np.testing.assert_allclose(metrics[-1]["lr"], end_lr, rtol=1e-5, atol=1e-9)
+  assert end_lr < 1.01 * config.optim.end_lr_factor * config.optim.lr
+  assert took < 6 * 0.1 * 60  # the budget is 6 s; compiles and the probe's slack on top
+  with pytest.raises(UserError, match="fresh run"):
+    train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False,
+                       fit_minutes=0.1)
 
 
 def test_sigkill_mid_save_leaves_a_restorable_checkpoint(tmp_path):

@@ -192,14 +192,53 @@ def _out_of_time(deadline):
   return late
 
 
+class ScheduleFitter:
+  """`--fit-minutes`: chooses `train.steps` so that a fresh run ends, its learning-rate schedule
+  complete, when the time budget does. It times the steps after the first compiled ones for a
+  probe (a tenth of the budget, at most 30 s), then sets the total from that rate and the time
+  left, capped at the config's `train.steps`."""
+
+  def __init__(self, minutes, cap, start_time):
+    self.budget = 60.0 * float(minutes)
+    self.cap = int(cap)
+    self.end_time = start_time + self.budget
+    self.probe_s = min(30.0, 0.1 * self.budget)
+    self.first_step_s = None
+    self.probe_from = None  # (step, time) where the timed probe started
+    self.total = None       # the fitted total, once decided
+
+  def observe(self, done, now, step_started):
+    """Called after each step; returns the fitted total when it is decided, else None."""
+    if self.total is not None:
+      return None
+    if self.first_step_s is None:
+      self.first_step_s = now - step_started  # compile + one step: the cost of a recompile
+    elif self.probe_from is None:
+      self.probe_from = (done, now)
+    elif now - self.probe_from[1] >= self.probe_s:
+      rate = (done - self.probe_from[0]) / (now - self.probe_from[1])
+      # Reserve the recompile with the new schedule and the final checkpoint.
+      left = self.end_time - now - 2.0 * self.first_step_s
+      self.total = int(min(self.cap, done + max(1, rate * left)))
+      self.rate = rate
+      return self.total
+    return None
+
+
 def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True,
-                       max_minutes=None):
+                       max_minutes=None, fit_minutes=None):
   """Trains `config.stage` of `config.model` into `workdir/<stage>/`, resuming if checkpoints exist.
 
   `stop_after`: stop (with a checkpoint) once this step is reached, keeping the schedule of
   `config.train.steps` — for splitting a run over sessions. `max_minutes`: likewise once this
-  much wall-clock time has passed (checked at logging steps). Returns the final metrics dict."""
-  deadline = None if max_minutes is None else time.monotonic() + 60.0 * float(max_minutes)
+  much wall-clock time has passed (checked at logging steps). `fit_minutes`: a fresh run whose
+  `train.steps` (an upper bound) is cut, after timing the first steps, to what ends in this
+  many minutes (see ScheduleFitter); the chosen total is written to `<stage>/config.json`.
+  Returns the final metrics dict."""
+  started = time.monotonic()
+  deadline = None if max_minutes is None else started + 60.0 * float(max_minutes)
+  if fit_minutes is not None and deadline is None:
+    deadline = started + 60.0 * float(fit_minutes) * 1.1  # the fit's estimate may be off
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   trainer = Trainer(config, mesh)
   model, stage, train_cfg = trainer.model, trainer.stage, config.train
@@ -210,9 +249,19 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
     raise UserError(f"cannot create the work directory {stage_dir!r} ({e.strerror}); "
                     "choose a writable --workdir") from None
   is_host0 = jax.process_index() == 0
-  if is_host0:
-    with open(os.path.join(stage_dir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  config_path = os.path.join(stage_dir, "config.json")
+  if fit_minutes is not None and ckpt_lib.Checkpointer(
+      ckpt_lib.checkpoints_dir(workdir, stage)).latest_step() is not None:
+    raise UserError(f"--fit-minutes fits the schedule of a fresh run, but {stage_dir} has a "
+                    "checkpoint; resume without it (with the train.steps in its config.json) "
+                    "or choose a new --workdir")
+
+  def write_config():
+    if is_host0:
+      with open(config_path, "w") as f:
+        f.write(config.to_json(indent=2))
+
+  write_config()
 
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
@@ -250,17 +299,33 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
     from tqdm import tqdm
     bar = tqdm(total=end, initial=start, desc=f"{config.model}/{stage}", dynamic_ncols=True)
   last = {}
+  fitter = None if fit_minutes is None else ScheduleFitter(fit_minutes, total, started)
   t0, steps_since = time.perf_counter(), 0
   pending = None  # (step, loss array) checked one step late so the host never stalls the device
   try:
-    for step in range(start, end):
+    step = start
+    while step < end:
+      step_started = time.monotonic()
       batch = next(pipeline)
       state, metrics = step_fn(state, batch, frozen)
       if pending is not None:
         _check_finite(pending[0], float(pending[1]), stage_dir, last_saved)
       pending = (step + 1, metrics["loss"])
       steps_since += 1
-      done = step + 1
+      step = done = step + 1
+      if fitter is not None:
+        # The host is at most one step ahead of the device (the loss check above waits).
+        fitted = fitter.observe(done, time.monotonic(), step_started)
+        if fitted is not None:
+          total = fitted
+          end = min(total, int(stop_after)) if stop_after else total
+          config.train.steps = total
+          write_config()
+          trainer.tx, trainer.schedule = make_optimizer(config.optim, total)
+          step_fn = trainer.jit_step(frozen_shardings)
+          print(f"--fit-minutes {fit_minutes}: train.steps={total} at {fitter.rate:.3g} steps/s")
+          if bar is not None:
+            bar.total = end
       if done % train_cfg.log_every == 0 or done == end:
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
         _check_finite(done, host["loss"], stage_dir, last_saved)
