@@ -37,6 +37,10 @@ def base_config(model, stage):
       ema_decay=0.999,
       dtype="float32",      # compute dtype: float32 or bfloat16 (parameters stay float32)
       remat="none",         # none | full | dots (activation checkpointing policy)
+      # A bundled model or a python -m jzoo.export folder: a fresh run of a stage starts from its
+      # weights there (fine-tuning; the optimizer starts afresh), and stages not trained in the
+      # workdir (frozen dependencies, export, sampling) are read from it.
+      init_from="",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3,

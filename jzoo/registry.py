@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from jzoo import config as config_lib
-from jzoo.errors import ConfigError, UserError
+from jzoo.errors import CheckpointError, ConfigError, UserError
 from jzoo.io import tree_files
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -121,13 +121,43 @@ def exported_config(folder):
     return config_from_json(f.read())
 
 
+def init_folder(config):
+  """The export folder `config.train.init_from` names (a bundled model or a folder written by
+  python -m jzoo.export), or None."""
+  source = config.train.get("init_from", "") if "train" in config else ""
+  if not source:
+    return None
+  if source in MODELS and MODELS[source].bundled:
+    return MODELS[source].weights_dir
+  if exported_config(source) is None:
+    raise UserError(f"train.init_from {source!r} is neither a bundled model nor a folder written "
+                    "by python -m jzoo.export (config.json + <stage>.safetensors)")
+  return source
+
+
+def load_exported_stage(folder, stage):
+  """One stage's params from an export folder, or None when it has none."""
+  path = os.path.join(folder, f"{stage}.safetensors")
+  return tree_files.load_tree(path) if os.path.isfile(path) else None
+
+
+def stage_params(model_dir, stage, config):
+  """EMA params of `stage`: its latest checkpoint in `model_dir`, else (a stage not trained
+  there) the export folder of `config.train.init_from`."""
+  from jzoo.training import checkpoint
+  try:
+    return checkpoint.load_params(model_dir, stage)
+  except CheckpointError:
+    folder = init_folder(config)
+    params = load_exported_stage(folder, stage) if folder else None
+    if params is None:
+      raise
+    return params
+
+
 def load_exported_params(folder, model):
-  params = {}
-  for stage in model.stages:
-    path = os.path.join(folder, f"{stage}.safetensors")
-    if os.path.isfile(path):
-      params[stage] = tree_files.load_tree(path)
-  return params
+  params = {stage: load_exported_stage(folder, stage) for stage in model.stages}
+  return {stage: p for stage, p in params.items() if p is not None}
 
 
 def export_bundle(model_dir, name, stages, config, out_dir=None):
@@ -138,7 +168,9 @@ def export_bundle(model_dir, name, stages, config, out_dir=None):
   for stage in stages:
     # float16 on disk keeps bundled models a few MB; they load back as float32.
     tree_files.save_tree(os.path.join(out_dir, f"{stage}.safetensors"),
-                         checkpoint.load_params(model_dir, stage), dtype=np.float16)
+                         stage_params(model_dir, stage, config), dtype=np.float16)
+  if config.train.get("init_from"):  # every stage is in the bundle: it stands alone
+    config = config_lib.with_overrides(config, ["train.init_from="])
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   return out_dir

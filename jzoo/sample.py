@@ -134,12 +134,12 @@ def load_model_and_params(args):
 
 def load_checkpoint_params(model, model_dir):
   """Every stage's EMA params from `model_dir`. A stage without a checkpoint there (a frozen text
-  encoder imported from public weights) comes from the model's own `load_frozen`."""
-  from jzoo.training import checkpoint
+  encoder imported from public weights) comes from the export named by `train.init_from` or
+  from the model's own `load_frozen`."""
   params = {}
   for stage in model.stages:
     try:
-      params[stage] = checkpoint.load_params(model_dir, stage)
+      params[stage] = registry.stage_params(model_dir, stage, model.config)
     except CheckpointError as missing:
       users = [s for s in model.stages if stage in model.frozen_stages(s)]
       if not users:

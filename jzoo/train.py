@@ -28,8 +28,14 @@ def parse_args(argv):
   parser.add_argument("--fit_minutes", "--fit-minutes", type=float, default=None,
                       help="a fresh run: time the first steps, then cut train.steps (an upper "
                       "bound) so that the run, schedule complete, ends in this many minutes")
+  parser.add_argument("--init_from", "--init-from", default=None,
+                      help="= --config.train.init_from: a bundled model or a jzoo.export folder "
+                      "whose weights a fresh stage starts from (fine-tuning), and whose other "
+                      "stages stand in for those not trained in --workdir")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
+  if args.init_from is not None:
+    overrides = [*overrides, f"train.init_from={args.init_from}"]
   return args, overrides
 
 

@@ -1,6 +1,8 @@
 """NUWA (micro config): configs, the cached 3DNA decoder against the uncached one, the tasks, and
 training through the real trainer on 8 fake devices."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,13 @@ import pytest
 from PIL import Image
 
 from jzoo import config as config_lib
+from jzoo import export
 from jzoo import registry
 from jzoo import sample
 from jzoo.configs import nuwa as nuwa_configs
-from jzoo.errors import ConfigError
+from jzoo.errors import CheckpointError, ConfigError
 from jzoo.models import nuwa
+from jzoo.io import tree_files
 from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Request, count_params
 from tests.model_helpers import caption_batch, fit, noisy, train_micro_stages
 
@@ -180,6 +184,24 @@ def test_micro_trains_on_8_devices_and_samples(tmp_path, capsys):
     assert e.code in (0, None), capsys.readouterr().err
   with Image.open(out) as gif:
     assert (gif.n_frames, gif.size) == (3, (16, 16))
+
+  # Fine-tuning from the export: the trained stage starts from the exported weights (lr 0 keeps
+  # them), the frozen tokenizer is read from the export, and a new export carries it over.
+  exported = str(tmp_path / "export")
+  export.main(["--workdir", workdir, "--name", "nuwa-micro", "--out", exported])
+  tuned, tuned_export = str(tmp_path / "tuned"), str(tmp_path / "tuned-export")
+  train_micro_stages("nuwa", ("transformer",), tuned, 2, (f"train.init_from={exported}",
+                                                          "optim.lr=0"), decreasing=False)
+  assert not os.path.exists(os.path.join(tuned, "tokenizer"))
+  export.main(["--workdir", tuned, "--name", "nuwa-micro", "--out", tuned_export])
+  for stage in ("tokenizer", "transformer"):
+    a, b = (tree_files.load_tree(os.path.join(d, f"{stage}.safetensors"))
+            for d in (exported, tuned_export))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  sample.main(["--model", "nuwa-micro", "--checkpoint", tuned, "--out", out])
+  with pytest.raises(CheckpointError, match="does not match the config's architecture"):
+    train_micro_stages("nuwa", ("transformer",), str(tmp_path / "wider"), 2,
+                       (f"train.init_from={exported}", "transformer.mlp_dim=96"))
 
 
 # --- visual condition (video prediction from the first frames, NUWA's 3DNA cross-attention) --------

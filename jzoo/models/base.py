@@ -168,15 +168,15 @@ class Model:
     """One frozen stage's parameters: a text encoder with public weights named in the config
     (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; the
     tokenizers' perceptual network from the files the config names; every other stage comes
-    from its checkpoint in `model_dir`."""
+    from its checkpoint in `model_dir`, or from the export that `train.init_from` names."""
     from jzoo.vq import perceptual
     if stage == perceptual.PERCEPTUAL:
       return perceptual.load(self.config.tokenizer)
     text_encoder = getattr(self, "text_encoder", None)
     if stage == "text_encoder" and text_encoder is not None and text_encoder.imported:
       return text_encoder.import_weights()
-    from jzoo.training import checkpoint
-    return checkpoint.load_params(model_dir, stage)
+    from jzoo import registry
+    return registry.stage_params(model_dir, stage, self.config)
 
   # --- sampling -----------------------------------------------------------
   def default_request_options(self):

@@ -142,6 +142,20 @@ class Trainer:
 
     return run
 
+  def init_from_export(self, state):
+    """A fresh state whose params and EMA are `train.init_from`'s weights for this stage."""
+    folder = registry.init_folder(self.config)
+    if folder is None:
+      return state
+    params = registry.load_exported_stage(folder, self.stage)
+    if params is None:
+      raise CheckpointError(f"train.init_from {folder!r} has no {self.stage}.safetensors to start "
+                            f"stage {self.stage!r} from")
+    place = functools.partial(_placed, params, self.abstract_state["params"],
+                              self.state_shardings["params"], f"train.init_from's {self.stage!r}")
+    # Two separate copies: the step donates the state, and one buffer donated twice crashes XLA.
+    return dict(state, params=place(), ema=place())
+
   # --- frozen dependencies ---------------------------------------------------
   def frozen_abstract(self):
     """Abstract params and logical shardings of the frozen stages this stage reads."""
@@ -163,15 +177,28 @@ class Trainer:
   def load_frozen(self, workdir):
     """Frozen stages' params, placed with their own logical shardings."""
     frozen = self.model.load_frozen(self.stage, workdir)
-    _, shardings = self.frozen_abstract()
+    abstract, shardings = self.frozen_abstract()
     placed = {}
     for dep, params in frozen.items():
-      try:
-        placed[dep] = jax.tree_util.tree_map(jax.device_put, params, shardings[dep])
-      except ValueError as e:
-        raise CheckpointError(f"frozen stage {dep!r} does not match the config's architecture: "
-                              f"{str(e).splitlines()[0][:200]}") from None
+      placed[dep] = _placed(params, abstract[dep], shardings[dep], f"frozen stage {dep!r}")
     return placed, {dep: shardings[dep] for dep in placed}
+
+
+def _placed(params, abstract, shardings, what):
+  """Host params put on the mesh with `shardings`, cast to `abstract`'s dtypes (float16 exports
+  load as float32); a clear error when their tree or shapes differ from `abstract`."""
+  flat, tree = jax.tree_util.tree_flatten_with_path(params)
+  want, want_tree = jax.tree_util.tree_flatten_with_path(abstract)
+  if tree != want_tree:
+    raise CheckpointError(f"{what} does not match the config's architecture: its parameters are "
+                          f"{len(flat)} arrays, the config's {len(want)}; check the config")
+  for (path, leaf), (_, spec) in zip(flat, want):
+    if tuple(np.shape(leaf)) != tuple(spec.shape):
+      raise CheckpointError(f"{what} does not match the config's architecture: "
+                            f"{jax.tree_util.keystr(path)} is {tuple(np.shape(leaf))}, the config "
+                            f"makes {tuple(spec.shape)}; check the config")
+  return jax.tree_util.tree_map(lambda x, a, sh: jax.device_put(np.asarray(x, a.dtype), sh),
+                                params, abstract, shardings)
 
 
 def _check_finite(step, value, stage_dir, last_saved):
@@ -279,6 +306,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   else:
     start, position = 0, 0
     state = trainer.init_state(train_cfg.seed)
+    state = trainer.init_from_export(state)
 
   pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
                            text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
