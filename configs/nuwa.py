@@ -81,12 +81,13 @@ def get_config(arg=None):
     c.text.length = 24
     c.tokenizer = _tokenizer(frames=16, resolution=32, channels=32, channel_mult=(1, 2, 2),
                              num_res_blocks=1, norm_groups=8, codebook_size=512, code_dim=16,
-                             embed_dim=64, train=_train(2151, 32, 1e-3, 200))
+                             embed_dim=64, train=_train(1927, 32, 1e-3, 200))
     c.transformer = _transformer(vocab_size=704, width=128, encoder_layers=2, decoder_layers=4,
                                  head_dim=32, mlp_dim=384, radius=(1, 2, 2),
-                                 train=_train(1684, 64, 1e-3, 200))
-    # The bundled nuwa-tiny-shapes: these steps were sized to fit ~5 minutes on one H200 and
-    # the runs were stopped by --max-minutes at 1,800 and 1,600 (docs/models/nuwa-tiny-shapes.md).
+                                 train=_train(2802, 64, 1e-3, 200))
+    # The bundled nuwa-tiny-shapes (docs/models/nuwa-tiny-shapes.md), on one H200: these steps
+    # are what `--fit-minutes` chose for 2.15 and 5.48 minutes there; the transformer then went
+    # 695 steps more from them at lr 3e-4 (--init-from).
     c.sample = _sample(top_k=32)
 
   else:  # paper

@@ -4,7 +4,8 @@
       temperature=0.5,guidance=4,steps=12
   python scripts/sweep_sampling.py nuwa-tiny-shapes 64 top_k=8 top_k=32,temperature=0.7
 
-MODEL is a training directory or a registered model with bundled weights; each
+MODEL is a training directory, a `python -m jzoo.export` folder or a registered model with
+bundled weights; each
 setting is comma-separated `sample.*` overrides of its config (the sampling keys
 differ by family). Used to pick the sampling defaults that
 `python -m jzoo.export --config.sample.*` bundles.
@@ -21,15 +22,21 @@ from jzoo.sample import load_checkpoint_params
 
 
 def main(model_ref, num, *settings):
-  from_workdir = os.path.isdir(model_ref)
-  base = registry.training_config(model_ref) if from_workdir else registry.load_config(model_ref)
+  exported = registry.exported_config(model_ref) if os.path.isdir(model_ref) else None
+  from_workdir = os.path.isdir(model_ref) and exported is None
+  base = (exported or registry.training_config(model_ref) if os.path.isdir(model_ref)
+          else registry.load_config(model_ref))
   params = None
   for setting in settings:
     overrides = [f"sample.{kv}" for kv in setting.split(",")]
     model = registry.build_model(config_lib.with_overrides(base, overrides))
     if params is None:  # sampling settings never change the parameters
-      params = (load_checkpoint_params(model, model_ref) if from_workdir
-                else registry.load_bundled_params(model_ref, model))
+      if exported is not None:
+        params = registry.load_exported_params(model_ref, model)
+      elif from_workdir:
+        params = load_checkpoint_params(model, model_ref)
+      else:
+        params = registry.load_bundled_params(model_ref, model)
     r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0)
     print(json.dumps(dict(setting=setting, accuracy=r["accuracy"], attributes=r["attributes"],
                           forms={k: v["accuracy"] for k, v in r["forms"].items()})), flush=True)

@@ -244,8 +244,8 @@ class ScheduleFitter:
       self.probe_from = (done, now)
     elif now - self.probe_from[1] >= self.probe_s:
       rate = (done - self.probe_from[0]) / (now - self.probe_from[1])
-      # Reserve the recompile with the new schedule and the final checkpoint.
-      left = self.end_time - now - 2.0 * self.first_step_s
+      # Reserve the recompile with the new schedule (about the first step: compile + step).
+      left = self.end_time - now - self.first_step_s
       self.total = int(min(self.cap, done + max(1, rate * left)))
       self.rate = rate
       return self.total
