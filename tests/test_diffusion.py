@@ -214,6 +214,13 @@ def test_dynamic_thresholding_keeps_x0_in_range_and_matches_numpy():
   np.testing.assert_allclose(y, np.clip(np.asarray(x), -s, s) / s, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n,q", [(192, 0.995), (3072, 0.995), (50, 0.9), (7, 0.5), (10, 1.0)])
+def test_upper_quantile_equals_numpy_quantile(n, q):
+  flat = np.abs(np.random.default_rng(n).normal(size=(3, n))).astype(np.float32)
+  np.testing.assert_allclose(thresholding.upper_quantile(jnp.asarray(flat), q),
+                             np.quantile(flat, q, axis=1), rtol=1e-6)
+
+
 def test_dynamic_thresholding_leaves_in_range_samples_alone():
   x = jax.random.uniform(jax.random.PRNGKey(8), (2, 4, 4, 3), minval=-0.9, maxval=0.9)
   np.testing.assert_allclose(thresholding.dynamic_threshold(x), x)

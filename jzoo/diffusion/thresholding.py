@@ -6,6 +6,9 @@
            inwards, which lets large guidance weights work.
 """
 
+import math
+
+import jax
 import jax.numpy as jnp
 
 from jzoo.errors import ConfigError
@@ -17,9 +20,22 @@ def static_threshold(x0):
   return jnp.clip(x0, -1.0, 1.0)
 
 
+def upper_quantile(flat, q):
+  """jnp.quantile(flat, q, axis=1) (linear interpolation) for a high q, from the top values only:
+  `lax.top_k` of the few hundredths above the quantile instead of a full sort per row (the sort
+  was 7-11% of the tiny Imagen's sampling time on a CPU)."""
+  n = flat.shape[1]
+  pos = float(q) * (n - 1)
+  lo = int(math.floor(pos))
+  hi = min(lo + 1, n - 1)
+  top = jax.lax.top_k(flat, n - lo)[0]  # descending: ascending index i sits at n - 1 - i
+  v_lo, v_hi = top[:, n - 1 - lo], top[:, n - 1 - hi]
+  return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
 def dynamic_threshold(x0, percentile=0.995):
   flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
-  s = jnp.quantile(flat, percentile, axis=1)
+  s = upper_quantile(flat, percentile)
   s = jnp.maximum(s, 1.0).reshape((-1,) + (1,) * (x0.ndim - 1))
   return (jnp.clip(x0, -s, s) / s).astype(x0.dtype)
 
