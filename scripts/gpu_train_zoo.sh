@@ -60,13 +60,13 @@ run_nuwa() {
 run_imagen() {
   if [ "${TUNE:-0}" = 1 ]; then
     tune imagen base 64 --config.stages.base.self_attention="(False,True,True)"
-    finish imagen --config.sample.guidance=1.5; return
+    finish imagen --config.sample.guidance=2.0; return
   fi
   mkdir -p "$work/imagen" && cp -r "$carry/imagen/." "$work/imagen/"
   # Self-attention at 16x16 as well as 8x8: where two objects have to be told apart.
   train imagen base 64 "$(minutes_until 40 1.0)" \
       --config.stages.base.self_attention="(False,True,True)"
-  finish imagen --config.sample.guidance=1.5
+  finish imagen --config.sample.guidance=2.0
 }
 run_phenaki() {
   if [ "${TUNE:-0}" = 1 ]; then tune phenaki transformer 64; finish phenaki --config.sample.temperature=0.5; return; fi
