@@ -33,6 +33,7 @@ def _unet_stage(resolution, channels, channel_mult, num_res_blocks, self_attenti
       cross_attention=tuple(cross_attention),
       head_dim=64,
       text_dim=512,          # width of the projected text tokens (keys/values of cross-attention)
+      text_positions=False,  # learned position embedding on the projected text tokens
       emb_dim=0,             # conditioning embedding width; 0 = 4 * channels
       dropout=0.0,
       norm_groups=32,

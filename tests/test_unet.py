@@ -101,6 +101,21 @@ def test_padded_text_tokens_do_not_matter_and_an_empty_mask_ignores_the_text(sr_
   np.testing.assert_allclose(apply(text, empty), apply(-3.0 * text, empty), rtol=1e-5, atol=1e-5)
 
 
+def test_text_order_reaches_the_unet_only_with_text_positions():
+  # Cross-attention and the pooled mean are permutation invariant over the text tokens: without
+  # `text_positions`, reversing the (unpadded) tokens changes nothing; with it, it does.
+  x, logsnr, text, _ = inputs()
+  mask = jnp.ones((B, L), jnp.int32)
+  reverse = text[:, ::-1]
+  for positions in (False, True):
+    unet = make_unet(text_positions=positions)
+    params = random_params(unet)
+    assert ("text_position" in params) == positions
+    apply = jax.jit(lambda t, u=unet, p=params: u.apply({"params": p}, x, logsnr, t, mask))
+    same = np.allclose(apply(reverse), apply(text), rtol=1e-5, atol=1e-5)
+    assert same != positions
+
+
 def test_bfloat16_compute_keeps_float32_params_and_output(sr_net):
   _, params, apply = sr_net
   unet = make_unet(super_resolution=True, dtype=jnp.bfloat16)

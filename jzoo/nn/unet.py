@@ -55,6 +55,10 @@ class EfficientUNet(nn.Module):
   cross_attention: Sequence[bool] = (False, False, False, True)
   head_dim: int = 64
   text_dim: int = 512  # width the text tokens are projected to before cross-attention
+  # A learned embedding per text position, added to the projected tokens. Without it the U-Net
+  # is invariant to permuting the text tokens (cross-attention and the pooled mean are), so word
+  # order reaches it only through the text encoder's contextual outputs.
+  text_positions: bool = False
   emb_dim: int = 0  # conditioning embedding width; 0 = 4 * channels
   dropout: float = 0.0
   norm_groups: int = 32
@@ -106,6 +110,10 @@ class EfficientUNet(nn.Module):
     emb = NoiseLevelEmbedding(emb_dim, dtype=dtype, name="time_embed")(logsnr)
     context = layers.LayerNorm(dtype, name="text_norm")(text)
     context = layers.dense(self.text_dim, ("embed", "mlp"), dtype=dtype, name="text_proj")(context)
+    if self.text_positions:
+      positions = self.param("text_position", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), ("length", "embed")), context.shape[1:], jnp.float32)
+      context = context + positions.astype(dtype)
     context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
     pooled = masked_mean(context, text_mask).astype(dtype)
     emb = emb + layers.dense(emb_dim, ("embed", "mlp"), dtype=dtype, name="text_pool")(pooled)
