@@ -8,7 +8,9 @@ import numpy as np
 from PIL import Image
 
 from jzoo import config as config_lib
-from jzoo import sample
+from jzoo import export, sample
+from jzoo.io import tree_files
+from jzoo.training import checkpoint
 from jzoo.training.loop import train_and_evaluate
 from jzoo.training.metrics import read_metrics
 
@@ -33,3 +35,20 @@ def test_micro_cascade_trains_on_8_devices_and_samples(tmp_path, capsys):
   except SystemExit as e:
     assert e.code in (0, None), capsys.readouterr().err
   assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+
+  # Fine-tuning the base with a module the export lacks (text_positions): the export's weights
+  # are kept (lr 0), the new parameter starts fresh, and the log says so.
+  exported = str(tmp_path / "export")
+  export.main(["--workdir", workdir, "--name", "imagen-micro", "--out", exported])
+  capsys.readouterr()
+  tuned = str(tmp_path / "tuned")
+  config = config_lib.load("imagen:micro", [
+      "stage=base", "train.steps=2", "train.checkpoint_every=2", "optim.lr=0",
+      f"train.init_from={exported}", "stages.base.text_positions=True"])
+  train_and_evaluate(config, tuned, devices=jax.devices()[:1], progress=False)
+  assert "1 parameters not in the export start fresh: /text_position" in capsys.readouterr().out
+  before = tree_files.load_tree(os.path.join(exported, "base.safetensors"))
+  after = checkpoint.load_params(tuned, "base")
+  assert set(after) == set(before) | {"text_position"}
+  np.testing.assert_array_equal(np.asarray(after["text_proj"]["kernel"], np.float16),
+                                before["text_proj"]["kernel"])

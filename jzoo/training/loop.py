@@ -151,6 +151,12 @@ class Trainer:
     if params is None:
       raise CheckpointError(f"train.init_from {folder!r} has no {self.stage}.safetensors to start "
                             f"stage {self.stage!r} from")
+    # Parameters the export lacks (a module added to the config since) keep their fresh values.
+    fresh = jax.device_get(state["params"])
+    params, added = _fill_missing(params, fresh)
+    if added:
+      print(f"train.init_from: {len(added)} parameters not in the export start fresh: "
+            + ", ".join(added[:8]) + (" ..." if len(added) > 8 else ""))
     place = functools.partial(_placed, params, self.abstract_state["params"],
                               self.state_shardings["params"], f"train.init_from's {self.stage!r}")
     # Two separate copies: the step donates the state, and one buffer donated twice crashes XLA.
@@ -182,6 +188,22 @@ class Trainer:
     for dep, params in frozen.items():
       placed[dep] = _placed(params, abstract[dep], shardings[dep], f"frozen stage {dep!r}")
     return placed, {dep: shardings[dep] for dep in placed}
+
+
+def _fill_missing(params, fresh, path=""):
+  """`params` with the entries only `fresh` has added from it; returns (tree, added paths)."""
+  if not isinstance(fresh, dict) or not isinstance(params, dict):
+    return params, []
+  out, added = dict(params), []
+  for key, value in fresh.items():
+    where = f"{path}/{key}"
+    if key not in params:
+      out[key] = value
+      added.append(where)
+    else:
+      out[key], more = _fill_missing(params[key], value, where)
+      added += more
+  return out, added
 
 
 def _placed(params, abstract, shardings, what):
