@@ -54,7 +54,8 @@ from unittest import mock
 SAMPLES, ROUNDS, TRAIN_REPEATS = 4, 5, 3
 
 # Shared by both peer scripts: keep the protocol on the real stdout (the peers print
-# advice), offline T5 config, torchvision stubbed when a CUDA build cannot load.
+# advice), offline T5 config, torchvision stubbed when a CUDA build cannot load, the train
+# step factory and the serve loop.
 PEER_PRELUDE = """
 import importlib, json, sys, time, types
 out, sys.stdout = sys.stdout, sys.stderr
@@ -89,6 +90,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 torch.manual_seed(0)
 
+def trainer(module, loss_fn):
+  # One AdamW step (clip 1.0) + EMA 0.999 update, like jzoo's train step.
+  params = [p for p in module.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+  ema = [p.detach().clone() for p in params]
+  def step():
+    loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1 - 0.999)
+  return step
+
 def serve(ready, commands):
   # One JSON line when built and warmed up, then one per command read from stdin.
   print(json.dumps(dict(ready, threads=torch.get_num_threads(), torch=torch.__version__)),
@@ -118,21 +134,11 @@ if cfg["mid_cross_attn"]:  # the middle blocks ignore attn_heads / attn_dim_head
   for block in (unet.mid_block1, unet.mid_block2):
     dim = block.block2.project.out_channels
     block.cross_attn = CrossAttention(dim=dim, **cfg["mid_cross_attn"])
-params = list(unet.parameters())
-opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
-ema = [p.detach().clone() for p in params]
 images = torch.rand(b, 3, r, r) * 2 - 1
 text, mask = torch.randn(b, length, width), torch.ones(b, length, dtype=torch.bool)
 low = torch.rand(n, 3, r // 2, r // 2) * 2 - 1
-
-def train():
-  loss = imagen(images, text_embeds=text, text_masks=mask, unet_number=unet_number)
-  opt.zero_grad(set_to_none=True)
-  loss.backward()
-  torch.nn.utils.clip_grad_norm_(params, 1.0)
-  opt.step()
-  with torch.no_grad():
-    torch._foreach_lerp_(ema, params, 1 - 0.999)
+train = trainer(unet, lambda: imagen(images, text_embeds=text, text_masks=mask,
+                                     unet_number=unet_number))
 
 def sample():
   extra = dict(start_at_unet_number=2, start_image_or_video=low) if sr else {}
@@ -143,7 +149,7 @@ with FlopCounterMode(display=False) as flops, torch.no_grad():
        **(dict(lowres_cond_img=images[:1], lowres_noise_times=torch.rand(1)) if sr else {}))
 for fn in (train, train, sample):  # warm-up
   fn()
-serve(dict(params=sum(p.numel() for p in params), gflops=flops.get_total_flops() / 1e9,
+serve(dict(params=sum(p.numel() for p in unet.parameters()), gflops=flops.get_total_flops() / 1e9,
            imagen_pytorch=version("imagen-pytorch")), {"train": train, "sample": sample})
 """
 

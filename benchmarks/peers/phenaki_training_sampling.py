@@ -20,7 +20,7 @@ commitment term).
 
 Measured, in rounds that alternate jzoo and the peer (minimum over rounds):
   * the tokenizer (C-ViViT) training step and the transformer (MaskGIT)
-    training step, each at the config's training batch size (16): forward +
+    training step, each at its stage's training batch size in the config: forward +
     backward + global-norm clipping + AdamW + an EMA update. The transformer
     step encodes the clips with the frozen C-ViViT on both sides
     (`jzoo.bench.bench_training`'s step; phenaki-pytorch's `Phenaki.forward`
@@ -53,7 +53,8 @@ from importlib.metadata import version
 from phenaki_pytorch import CViViT, MaskGit, Phenaki
 from phenaki_pytorch.attention import FeedForward
 cfg = json.loads(sys.argv[1])
-tk, tr, b, n = cfg["tokenizer"], cfg["transformer"], cfg["batch"], cfg["samples"]
+tk, tr, n = cfg["tokenizer"], cfg["transformer"], cfg["samples"]
+bt, bm = cfg["tokenizer_batch"], cfg["transformer_batch"]  # each stage's training batch
 cvivit = CViViT(dim=tk["width"], codebook_size=tk["codebook_size"], image_size=tk["resolution"],
                 patch_size=tk["patch_size"], temporal_patch_size=tk["temporal_patch"],
                 spatial_depth=tk["spatial_layers"], temporal_depth=tk["temporal_layers"],
@@ -69,26 +70,12 @@ maskgit = MaskGit(dim=tr["width"], num_tokens=tk["codebook_size"], max_seq_len=c
                   dim_context=cfg["text_dim"])
 phenaki = Phenaki(maskgit=maskgit, cvivit=cvivit, steps=cfg["steps"], cond_drop_prob=0.1,
                   text_embed_dim=cfg["text_dim"], max_text_len=cfg["text_len"])
-video = torch.rand(b, 3, tk["frames"], tk["resolution"], tk["resolution"]) * 2 - 1
-text = torch.randn(b, cfg["text_len"], cfg["text_dim"])
+video = torch.rand(max(bt, bm), 3, tk["frames"], tk["resolution"], tk["resolution"]) * 2 - 1
+text = torch.randn(max(bm, n), cfg["text_len"], cfg["text_dim"])
 phenaki.encode_texts = lambda texts, output_device=None: text[:len(texts)]
 
-def trainer(module, loss_fn):
-  params = [p for p in module.parameters() if p.requires_grad]
-  opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
-  ema = [p.detach().clone() for p in params]
-  def step():
-    loss = loss_fn()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    with torch.no_grad():
-      torch._foreach_lerp_(ema, params, 1 - 0.999)
-  return step
-
-train_tokenizer = trainer(cvivit, lambda: cvivit(video))
-train_transformer = trainer(maskgit, lambda: phenaki(video, text_embeds=text))
+train_tokenizer = trainer(cvivit, lambda: cvivit(video[:bt]))
+train_transformer = trainer(maskgit, lambda: phenaki(video[:bm], text_embeds=text[:bm]))
 
 def sample():
   phenaki.sample(texts=["-"] * n, num_frames=tk["frames"], cond_scale=cfg["guidance"])
@@ -175,10 +162,10 @@ def main():
   load_before = os.getloadavg()
 
   ours, calls = jzoo_side()
-  assert ours["tokenizer_batch"] == ours["transformer_batch"], "one batch size for the peer"
   cfg = ours.pop("peer_config")
   peer = Peer(args.peer_python, PEER, dict(
-      cfg, batch=ours["tokenizer_batch"], samples=SAMPLES, tokens=ours["tokens"],
+      cfg, tokenizer_batch=ours["tokenizer_batch"], transformer_batch=ours["transformer_batch"],
+      samples=SAMPLES, tokens=ours["tokens"],
       grid=ours["grid"], steps=ours["steps"], guidance=ours["guidance"],
       text_len=ours["text_len"], text_dim=ours["text_dim"]))
   cases = []
@@ -199,7 +186,7 @@ def main():
     return
   t, h, w = ours["grid"]
   print(f"phenaki:tiny_shapes, 16 frames at 32x32 = {t}x{h}x{w} tokens; training batch "
-        f"{ours['tokenizer_batch']}; {SAMPLES} videos x {ours['steps']} MaskGIT steps, guidance "
+        f"{ours['tokenizer_batch']} (tokenizer) / {ours['transformer_batch']} (MaskGIT); {SAMPLES} videos x {ours['steps']} MaskGIT steps, guidance "
         f"{ours['guidance']:g} on both sides; min over {args.rounds} alternating rounds")
   print(f"{'':34}{'params tok / MaskGIT':>22}{'GFLOP/video':>14}{'tok step':>10}"
         f"{'MaskGIT step':>14}{'sampling':>10}")
