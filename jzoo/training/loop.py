@@ -151,16 +151,19 @@ class Trainer:
     if params is None:
       raise CheckpointError(f"train.init_from {folder!r} has no {self.stage}.safetensors to start "
                             f"stage {self.stage!r} from")
-    # Parameters the export lacks (a module added to the config since) keep their fresh values.
-    fresh = jax.device_get(state["params"])
-    params, added = _fill_missing(params, fresh)
+    # Parameters the export lacks (a module added to the config since) keep their fresh values:
+    # they are marked with their abstract shapes here and taken from the fresh state on device.
+    abstract = self.abstract_state["params"]
+    params, added = _fill_missing(params, abstract)
     if added:
       print(f"train.init_from: {len(added)} parameters not in the export start fresh: "
             + ", ".join(added[:8]) + (" ..." if len(added) > 8 else ""))
-    place = functools.partial(_placed, params, self.abstract_state["params"],
-                              self.state_shardings["params"], f"train.init_from's {self.stage!r}")
-    # Two separate copies: the step donates the state, and one buffer donated twice crashes XLA.
-    return dict(state, params=place(), ema=place())
+    what = f"train.init_from's {self.stage!r}"
+    shardings = self.state_shardings["params"]
+    # params and ema from separate copies (each with its own fresh leaves): the step donates the
+    # state, and one buffer donated twice crashes XLA.
+    return dict(state, params=_placed(params, abstract, shardings, what, fresh=state["params"]),
+                ema=_placed(params, abstract, shardings, what, fresh=state["ema"]))
 
   # --- frozen dependencies ---------------------------------------------------
   def frozen_abstract(self):
@@ -206,9 +209,10 @@ def _fill_missing(params, fresh, path=""):
   return out, added
 
 
-def _placed(params, abstract, shardings, what):
+def _placed(params, abstract, shardings, what, fresh=None):
   """Host params put on the mesh with `shardings`, cast to `abstract`'s dtypes (float16 exports
-  load as float32); a clear error when their tree or shapes differ from `abstract`."""
+  load as float32); a clear error when their tree or shapes differ from `abstract`. Leaves left
+  abstract in `params` (see _fill_missing) are taken from `fresh`, already on the mesh."""
   flat, tree = jax.tree_util.tree_flatten_with_path(params)
   want, want_tree = jax.tree_util.tree_flatten_with_path(abstract)
   if tree != want_tree:
@@ -219,8 +223,12 @@ def _placed(params, abstract, shardings, what):
       raise CheckpointError(f"{what} does not match the config's architecture: "
                             f"{jax.tree_util.keystr(path)} is {tuple(np.shape(leaf))}, the config "
                             f"makes {tuple(spec.shape)}; check the config")
-  return jax.tree_util.tree_map(lambda x, a, sh: jax.device_put(np.asarray(x, a.dtype), sh),
-                                params, abstract, shardings)
+
+  def place(x, a, sh, f):
+    return f if isinstance(x, jax.ShapeDtypeStruct) else jax.device_put(np.asarray(x, a.dtype), sh)
+
+  return jax.tree_util.tree_map(place, params, abstract, shardings,
+                                abstract if fresh is None else fresh)
 
 
 def _check_finite(step, value, stage_dir, last_saved):
@@ -255,6 +263,7 @@ class ScheduleFitter:
     self.first_step_s = None
     self.probe_from = None  # (step, time) where the timed probe started
     self.total = None       # the fitted total, once decided
+    self.rate = None        # the probe's steps/s, once decided
 
   def observe(self, done, now, step_started):
     """Called after each step; returns the fitted total when it is decided, else None."""
@@ -299,18 +308,11 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
                     "choose a writable --workdir") from None
   is_host0 = jax.process_index() == 0
   config_path = os.path.join(stage_dir, "config.json")
-  if fit_minutes is not None and ckpt_lib.Checkpointer(
-      ckpt_lib.checkpoints_dir(workdir, stage)).latest_step() is not None:
-    raise UserError(f"--fit-minutes fits the schedule of a fresh run, but {stage_dir} has a "
-                    "checkpoint; resume without it (with the train.steps in its config.json) "
-                    "or choose a new --workdir")
 
   def write_config():
     if is_host0:
       with open(config_path, "w") as f:
         f.write(config.to_json(indent=2))
-
-  write_config()
 
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
@@ -320,6 +322,12 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(workdir, stage), keep=train_cfg.keep)
   start = checkpointer.latest_step()
+  if fit_minutes is not None and start is not None:
+    checkpointer.close()  # before config.json is rewritten: it holds the steps to resume with
+    raise UserError(f"--fit-minutes fits the schedule of a fresh run, but {stage_dir} has a "
+                    "checkpoint; resume without it (with the train.steps in its config.json) "
+                    "or choose a new --workdir")
+  write_config()
   if start is not None:
     state, meta = checkpointer.restore(start, trainer.abstract_state)
     state = dict(state, step=jax.device_put(jnp.asarray(start, jnp.int32), replicated(mesh)),
