@@ -15,28 +15,21 @@ import json
 import os
 import sys
 
+from jzoo import api
 from jzoo import config as config_lib
 from jzoo import evaluate as evaluate_lib
 from jzoo import registry
-from jzoo.sample import load_checkpoint_params
 
 
 def main(model_ref, num, *settings):
-  exported = registry.exported_config(model_ref) if os.path.isdir(model_ref) else None
-  from_workdir = os.path.isdir(model_ref) and exported is None
-  base = (exported or registry.training_config(model_ref) if os.path.isdir(model_ref)
-          else registry.load_config(model_ref))
-  params = None
+  # A directory is loaded as `--checkpoint` is (its own config.json decides the model).
+  is_dir = os.path.isdir(model_ref)
+  loaded, params = api.load(registry.DEFAULT_MODEL if is_dir else model_ref,
+                            checkpoint=model_ref if is_dir else None)
   for setting in settings:
     overrides = [f"sample.{kv}" for kv in setting.split(",")]
-    model = registry.build_model(config_lib.with_overrides(base, overrides))
-    if params is None:  # sampling settings never change the parameters
-      if exported is not None:
-        params = registry.load_exported_params(model_ref, model)
-      elif from_workdir:
-        params = load_checkpoint_params(model, model_ref)
-      else:
-        params = registry.load_bundled_params(model_ref, model)
+    # Sampling settings never change the parameters.
+    model = registry.build_model(config_lib.with_overrides(loaded.config, overrides))
     r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0)
     print(json.dumps(dict(setting=setting, accuracy=r["accuracy"], attributes=r["attributes"],
                           forms={k: v["accuracy"] for k, v in r["forms"].items()})), flush=True)
