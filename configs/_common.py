@@ -79,6 +79,8 @@ def text_encoder(size=None, **kw):
       relative_attention_num_buckets=32, relative_attention_max_distance=128,
       feed_forward="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
       weights="",                # public T5 weights: model.safetensors (file/dir) or t5x checkpoint
+      cache="",                  # precomputed embeddings (python -m jzoo.cache_text): no encoder
+                                 # in the conditioned stages' train step
       # Masked-token pretraining of a small encoder (the `text_encoder` stage).
       mlm_probability=0.3,       # fraction of caption tokens replaced by the sentinel (last id)
       mlm_copy_weight=0.1,       # loss weight of the visible tokens

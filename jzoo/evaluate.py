@@ -212,7 +212,9 @@ def main(argv=None):
       raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
   if args.guidance is not None and not math.isfinite(args.guidance):
     raise UserError(f"--guidance must be a finite number, got {args.guidance}")
-  out = args.out or os.path.join("evals", f"{args.model}-{args.split}-{args.seed}")
+  # A --checkpoint is named by its path: --model is then only the config of a training dir.
+  name = os.path.normpath(args.checkpoint) if args.checkpoint else args.model
+  out = args.out or os.path.join("evals", f"{os.path.basename(name)}-{args.split}-{args.seed}")
   if os.path.isfile(out):
     raise UserError(f"--out {out!r} is a file; give a directory for the report")
   try:
@@ -230,7 +232,7 @@ def main(argv=None):
   from jzoo import sample
   model, params = sample.load_model_and_params(args)
   report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
-                    batch_size=args.batch_size, name=args.model, fid_params=fid_params, clip=clip)
+                    batch_size=args.batch_size, name=name, fid_params=fid_params, clip=clip)
   if args.json:
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
   else:

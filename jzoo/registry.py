@@ -191,9 +191,13 @@ def abstract_batch(model, stage, batch_size=1):
     pixels = ("video", (batch_size, spec.frames, spec.resolution, spec.resolution, 3))
   else:
     pixels = ("image", (batch_size, spec.resolution, spec.resolution, 3))
+  if spec.text_width:
+    text = ("text", jax.ShapeDtypeStruct((batch_size, spec.text_length, spec.text_width), np.float32))
+  else:
+    text = ("tokens", jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32))
   return {
       pixels[0]: jax.ShapeDtypeStruct(pixels[1], np.float32),
-      "tokens": jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32),
+      text[0]: text[1],
       "mask": jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32),
   }
 

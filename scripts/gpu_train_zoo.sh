@@ -6,9 +6,10 @@
 #   imagen   the imagen:tiny_shapes base stage, over the text encoder and SR stage in CARRY/imagen
 #            (trained on the CPU; the base stage decides what the prompt draws)
 #   phenaki  phenaki:tiny_shapes tokenizer, then transformer, over the text encoder in CARRY/phenaki
-# With TUNE=1, CARRY holds exports instead (CARRY/<model>-tiny-shapes, from an earlier run) and
-# each model fine-tunes its last stage from them (--init-from; the other stages are read from
-# the export) at a lower learning rate, for the whole time.
+# TUNE="nuwa phenaki" (or TUNE=1: every model) fine-tunes those models' last stage instead, for
+# the whole time, at a lower learning rate, from CARRY/<model>-tiny-shapes when CARRY holds that
+# export, else from the bundled model (--init-from; the other stages are read from the export).
+# IMAGEN_OVERRIDES="--config.stages.base.KEY=VALUE ..." adds config overrides to the base stage.
 # The tiny models leave a GPU mostly idle one at a time, so they share it (each process takes
 # at most a quarter of its memory). OUT/<model>.tgz holds the export and each stage's
 # metrics.jsonl and config.json; logs in OUT/<model>.log and OUT/all.log.
@@ -44,32 +45,37 @@ finish() {  # finish MODEL [EXPORT OVERRIDES...]: export and pack
       $( [ -d "$work/export/$model-tiny-shapes" ] && echo "export/$model-tiny-shapes" )
 }
 
-tune() {  # tune MODEL STAGE BATCH [OVERRIDES...]: fine-tune STAGE from CARRY's export
+tuning() {  # is MODEL to be fine-tuned?
+  [ "${TUNE:-0}" = 1 ] || [[ " ${TUNE:-} " == *" $1 "* ]]
+}
+tune() {  # tune MODEL STAGE BATCH [OVERRIDES...]: fine-tune STAGE from CARRY's or the bundled export
   local model=$1 stage=$2 batch=$3; shift 3
+  local source="$carry/$model-tiny-shapes"
+  [ -d "$source" ] || source="$model-tiny-shapes"
   train "$model" "$stage" "$batch" "$(minutes_until 40 1.0)" \
-      --init-from "$carry/$model-tiny-shapes" --config.optim.lr=3e-4 \
+      --init-from "$source" --config.optim.lr=3e-4 \
       --config.optim.warmup_steps=50 "$@"
 }
 
 run_nuwa() {
-  if [ "${TUNE:-0}" = 1 ]; then tune nuwa transformer 64; finish nuwa; return; fi
+  if tuning nuwa; then tune nuwa transformer 64; finish nuwa; return; fi
   train nuwa tokenizer 32 "$(minutes_until 60 0.3)"
   train nuwa transformer 64 "$(minutes_until 40 1.0)"
   finish nuwa
 }
 run_imagen() {
-  if [ "${TUNE:-0}" = 1 ]; then
-    tune imagen base 64 --config.stages.base.self_attention="(False,True,True)"
+  if tuning imagen; then
+    tune imagen base 64 --config.stages.base.self_attention="(False,True,True)" ${IMAGEN_OVERRIDES:-}
     finish imagen --config.sample.guidance=2.0; return
   fi
   mkdir -p "$work/imagen" && cp -r "$carry/imagen/." "$work/imagen/"
   # Self-attention at 16x16 as well as 8x8: where two objects have to be told apart.
   train imagen base 64 "$(minutes_until 40 1.0)" \
-      --config.stages.base.self_attention="(False,True,True)"
+      --config.stages.base.self_attention="(False,True,True)" ${IMAGEN_OVERRIDES:-}
   finish imagen --config.sample.guidance=2.0
 }
 run_phenaki() {
-  if [ "${TUNE:-0}" = 1 ]; then tune phenaki transformer 64; finish phenaki --config.sample.temperature=0.5; return; fi
+  if tuning phenaki; then tune phenaki transformer 64; finish phenaki --config.sample.temperature=0.5; return; fi
   mkdir -p "$work/phenaki" && cp -r "$carry/phenaki/." "$work/phenaki/"
   train phenaki tokenizer 32 "$(minutes_until 60 0.45)"
   train phenaki transformer 64 "$(minutes_until 40 1.0)"

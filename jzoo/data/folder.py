@@ -161,6 +161,9 @@ class FolderSource:
   def __len__(self):
     return len(self.items)
 
+  def caption(self, index):
+    return _read_caption(self.items[index][2])
+
   def __getitem__(self, index):
     kind, path, caption_path = self.items[index]
     caption = _read_caption(caption_path)

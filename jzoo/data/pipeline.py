@@ -35,13 +35,19 @@ class _PermutationCache:
     return int(self._perm[offset])
 
 
-def collate(examples, tokenizer, text_length):
-  """List of {image|video uint8, caption} -> numpy batch (pixels in [-1, 1], tokens, mask)."""
+def collate(examples, tokenizer, text_length, text_cache=None):
+  """List of {image|video uint8, caption} -> numpy batch: pixels in [-1, 1], the captions'
+  tokens and mask, or with a jzoo.text.cache.TextEmbeddingCache their cached embeddings ("text")
+  and mask."""
   batch = {}
   key = "video" if "video" in examples[0] else "image"
   pixels = np.stack([ex[key] for ex in examples]).astype(np.float32)
   batch[key] = pixels / 127.5 - 1.0
-  tokens, mask = tokenizer.encode_batch([ex["caption"] for ex in examples], text_length)
+  captions = [ex["caption"] for ex in examples]
+  if text_cache is not None:
+    batch["text"], batch["mask"] = text_cache.lookup(captions)
+    return batch
+  tokens, mask = tokenizer.encode_batch(captions, text_length)
   batch["tokens"] = np.asarray(tokens, np.int32)
   batch["mask"] = np.asarray(mask, np.int32)
   return batch
@@ -51,9 +57,11 @@ class InputPipeline:
   """Iterator of global, sharded batches. `position` is the resumable state."""
 
   def __init__(self, source, tokenizer, *, global_batch_size, text_length, mesh, seed=0,
-               shuffle=True, position=0, prefetch=2, process_index=None, process_count=None):
+               shuffle=True, position=0, prefetch=2, process_index=None, process_count=None,
+               text_cache=None):
     self.source = source
     self.tokenizer = tokenizer
+    self.text_cache = text_cache
     self.text_length = text_length
     self.mesh = mesh
     self.global_batch_size = global_batch_size
@@ -77,7 +85,7 @@ class InputPipeline:
   def _read_local(self, position):
     start = position + self.process_index * self.local_batch_size
     examples = [self.source[self._index(start + i)] for i in range(self.local_batch_size)]
-    return collate(examples, self.tokenizer, self.text_length)
+    return collate(examples, self.tokenizer, self.text_length, self.text_cache)
 
   def _to_global(self, local):
     return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)

@@ -1,8 +1,9 @@
 """Random-access example sources, the input pipeline's view of every dataset.
 
 `get_source(dataset, split, resolution=..., frames=...)` returns an object
-with `len(source)` and `source[i] -> {"image": uint8 [H,W,3] | "video":
-uint8 [T,H,W,3], "caption": str}`, for
+with `len(source)`, `source[i] -> {"image": uint8 [H,W,3] | "video":
+uint8 [T,H,W,3], "caption": str}` and `source.caption(i)` (the caption alone,
+without decoding or rendering pixels where the format allows), for
 
   "shapes", "moving_shapes"   SHAPES.md, rendered on the fly (any resolution;
                               `train_size` sets the length of the train stream)
@@ -38,6 +39,9 @@ class ShapesSource:
     ex = shapes.image_example(self.split, _index(index, self._len), self.resolution)
     return {"image": ex["image"], "caption": ex["caption"]}
 
+  def caption(self, index):
+    return shapes.image_scene(self.split, _index(index, self._len), self.resolution)["caption"]
+
 
 class MovingShapesSource:
   """`moving_shapes` clips of one split at `resolution` x `frames`, rendered when read."""
@@ -56,6 +60,10 @@ class MovingShapesSource:
   def __getitem__(self, index):
     ex = shapes.video_example(self.split, _index(index, self._len), self.resolution, self.frames)
     return {"video": ex["video"], "caption": ex["caption"]}
+
+  def caption(self, index):
+    return shapes.video_scene(self.split, _index(index, self._len), self.resolution,
+                              self.frames)["caption"]
 
 
 class TfdsSource:
@@ -95,6 +103,18 @@ class TfdsSource:
 
   def __getitem__(self, index):
     ex = self._source[_index(index, len(self))]
+    caption = self._caption_of(ex)
+    pixels = np.asarray(ex[self._pixels])
+    if self._pixels == "image":
+      return {"image": self._fit(pixels), "caption": caption}
+    if pixels.shape[0] != self.frames:
+      pixels = pixels[folder_lib.sample_indices(pixels.shape[0], self.frames)]
+    return {"video": np.stack([self._fit(f) for f in pixels]), "caption": caption}
+
+  def caption(self, index):
+    return self._caption_of(self._source[_index(index, len(self))])
+
+  def _caption_of(self, ex):
     caption = ex[self._caption]
     if isinstance(caption, np.ndarray):  # several captions per item: take the first
       caption = caption.reshape(-1)[0] if caption.size else b""
@@ -102,12 +122,7 @@ class TfdsSource:
       caption = caption[0] if caption else b""
     if isinstance(caption, bytes):
       caption = caption.decode("utf-8")
-    pixels = np.asarray(ex[self._pixels])
-    if self._pixels == "image":
-      return {"image": self._fit(pixels), "caption": str(caption)}
-    if pixels.shape[0] != self.frames:
-      pixels = pixels[folder_lib.sample_indices(pixels.shape[0], self.frames)]
-    return {"video": np.stack([self._fit(f) for f in pixels]), "caption": str(caption)}
+    return str(caption)
 
   def _fit(self, image):
     if image.shape[:2] == (self.resolution, self.resolution) and image.shape[-1] == 3:

@@ -41,6 +41,9 @@ class DataSpec:
   resolution: int  # square side in pixels
   frames: Optional[int] = None  # None for images
   text_length: int = 32  # tokens per caption, padded/truncated-with-error
+  # > 0: batches carry the captions' precomputed frozen embeddings ("text" [B, L, text_width],
+  # from the text-embedding cache the config names) instead of their tokens.
+  text_width: int = 0
 
 
 @dataclasses.dataclass

@@ -87,7 +87,8 @@ class Imagen(Model):
       resolution = int(self.config.text_encoder.resolution)
     else:
       resolution = int(self._stage(stage).resolution)
-    return DataSpec("shapes", resolution, None, self.text_length)
+    return DataSpec("shapes", resolution, None, self.text_length,
+                    self.text_encoder.cached_width(stage))
 
   @property
   def output_shape(self):
@@ -96,17 +97,17 @@ class Imagen(Model):
 
   def frozen_stages(self, stage):
     self._check_stage(stage)
-    return () if stage == TEXT_ENCODER else (TEXT_ENCODER,)
+    return () if stage == TEXT_ENCODER else self.text_encoder.frozen_stages()
 
   # --- training ------------------------------------------------------------
   def init(self, stage, rng, batch):
     self._check_stage(stage)
-    tokens, mask = batch["tokens"], batch["mask"]
+    mask = batch["mask"]
     if stage == TEXT_ENCODER:
-      return self.text_encoder.init(rng, tokens, mask)
+      return self.text_encoder.init(rng, batch["tokens"], mask)
     x = batch["image"]
     b = x.shape[0]
-    text = jnp.zeros((b, tokens.shape[1], self.text_encoder.width), self.dtype)
+    text = jnp.zeros((b, mask.shape[1], self.text_encoder.width), self.dtype)
     logsnr = jnp.zeros((b,), jnp.float32)
     if self.cascade.index(stage) == 0:
       return self.unets[stage].init(rng, x, logsnr, text, mask)
@@ -118,7 +119,7 @@ class Imagen(Model):
       return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=self.cascade[0])
     s = self._stage(stage)
     drop_rng, aug_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 4)
-    text = self.text_encoder.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+    text = self.text_encoder.embeddings(frozen, batch)
     mask = guidance_lib.drop_condition(drop_rng, batch["mask"], float(s.text_drop))
     x = batch["image"].astype(jnp.float32)
     cond = {}

@@ -122,7 +122,8 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:  # only the captions matter: the smallest clips render fastest
       return DataSpec("moving_shapes", int(self.config.text_encoder.resolution), 2,
                       self.text_length)
-    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
+    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length,
+                    self.text_encoder.cached_width(stage) if stage == TRANSFORMER else 0)
 
   @property
   def output_shape(self):
@@ -132,7 +133,7 @@ class Phenaki(Model):
   def frozen_stages(self, stage):
     self._check_stage(stage)
     if stage == TRANSFORMER:
-      return (TEXT_ENCODER, TOKENIZER)
+      return self.text_encoder.frozen_stages() + (TOKENIZER,)
     return self.tokenizer_frozen() if stage == TOKENIZER else ()
 
   # --- training --------------------------------------------------------------
@@ -142,9 +143,9 @@ class Phenaki(Model):
       return self.text_encoder.init(rng, batch["tokens"], batch["mask"])
     if stage == TOKENIZER:
       return self.init_tokenizer(rng, batch["video"])
-    b = batch["tokens"].shape[0]
+    b, length = batch["mask"].shape
     tokens = jnp.zeros((b, self.time_tokens, self.grid, self.grid), jnp.int32)
-    text = jnp.zeros((b, batch["tokens"].shape[1], self.text_encoder.width), self.dtype)
+    text = jnp.zeros((b, length, self.text_encoder.width), self.dtype)
     return self.transformer.init(rng, tokens, text, batch["mask"])
 
   def loss(self, stage, params, batch, rng, frozen):
@@ -157,7 +158,7 @@ class Phenaki(Model):
 
   def _transformer_loss(self, params, batch, rng, frozen):
     drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
-    text = self.text_encoder.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+    text = self.text_encoder.embeddings(frozen, batch)
     text_mask = guidance_lib.drop_condition(drop_rng, batch["mask"],
                                             float(self.config.transformer.text_drop))
     codes = jax.lax.stop_gradient(self.encode_video(frozen[TOKENIZER], batch["video"]))

@@ -38,6 +38,43 @@ class FrozenTextEncoder:
     """True when public weights are named: the `text_encoder` stage is then not trained."""
     return bool(self.config.weights)
 
+  @property
+  def cached(self):
+    """True when training reads precomputed embeddings (`config.text_encoder.cache`, a folder
+    written by python -m jzoo.cache_text): the train step then holds no encoder."""
+    return bool(self.config.get("cache", ""))
+
+  def frozen_stages(self):
+    """What a conditioned stage needs frozen: the encoder, unless its embeddings are cached."""
+    return () if self.cached else (TEXT_ENCODER,)
+
+  def cached_width(self, stage):
+    """DataSpec.text_width of `stage`: the embedding width when its batches carry cached
+    embeddings (every stage but the encoder's own), else 0 (batches carry tokens)."""
+    return self.width if self.cached and stage != TEXT_ENCODER else 0
+
+  def embeddings(self, frozen, batch):
+    """The batch's frozen text embeddings: the cached ones it carries, or encoded here."""
+    if "text" in batch:
+      return jax.lax.stop_gradient(batch["text"])
+    return self.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
+
+  def source(self, model_dir, config):
+    """Which weights the encoder has in `model_dir`, in words; a text-embedding cache records it
+    and training checks it, so embeddings of a retrained encoder are not read by mistake."""
+    if self.imported:
+      return "weights " + os.path.abspath(os.path.expanduser(str(self.config.weights)))
+    from jzoo import registry
+    from jzoo.training import checkpoint
+    step = checkpoint.latest_step(model_dir, TEXT_ENCODER)
+    if step is not None:
+      return f"{TEXT_ENCODER} checkpoint step {step}"
+    folder = registry.init_folder(config)
+    if folder:
+      return "export " + os.path.abspath(folder)
+    raise CheckpointError(f"no {TEXT_ENCODER} checkpoint in {os.path.abspath(model_dir)}; train it "
+                          f"first (--config.stage={TEXT_ENCODER}) or set --config.text_encoder.weights")
+
   def init(self, rng, tokens, mask):
     return self.module.init(rng, tokens, mask)
 

@@ -71,6 +71,18 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_step(model_dir, stage):
+  """The latest complete checkpoint step of `stage` in `model_dir`, or None."""
+  directory = checkpoints_dir(model_dir, stage)
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory, item_names=ITEMS)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def _first_line(e):
   text = str(e).strip().splitlines()
   return text[0][:300] if text else ""

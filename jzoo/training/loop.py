@@ -283,6 +283,18 @@ class ScheduleFitter:
     return None
 
 
+def open_text_cache(model, spec, workdir, config):
+  """The text-embedding cache a stage reads instead of running its frozen encoder, or None;
+  checked against the model's text length, width and encoder weights."""
+  if not spec.text_width:
+    return None
+  from jzoo.text.cache import TextEmbeddingCache
+  cache = TextEmbeddingCache(config.text_encoder.cache)
+  cache.check(text_length=spec.text_length, width=spec.text_width,
+              source=model.text_encoder.source(workdir, config))
+  return cache
+
+
 def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True,
                        max_minutes=None, fit_minutes=None):
   """Trains `config.stage` of `config.model` into `workdir/<stage>/`, resuming if checkpoints exist.
@@ -318,6 +330,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   dataset = config.data.dataset or spec.dataset
   source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
   tokenizer = Tokenizer.load(config.text.tokenizer)
+  text_cache = open_text_cache(model, spec, workdir, config)
   frozen, frozen_shardings = trainer.load_frozen(workdir)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(workdir, stage), keep=train_cfg.keep)
@@ -340,7 +353,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
                            text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
-                           shuffle=config.data.shuffle, position=position)
+                           shuffle=config.data.shuffle, position=position, text_cache=text_cache)
   step_fn = trainer.jit_step(frozen_shardings)
   writer = MetricWriter(stage_dir)
   total = int(train_cfg.steps)
