@@ -7,8 +7,8 @@ parameters, more than Imagen's 2B base) and does none of its FLOPs.
 
 `python -m jzoo.cache_text` writes a cache folder; training reads it with
 `--config.text_encoder.cache=FOLDER`. Rows are keyed by caption text, so a
-dataset whose examples repeat captions (the shapes datasets: about 2,500
-distinct captions in 100,000 images) stores each once. Files:
+dataset whose examples repeat captions (`shapes`: 1,548 distinct captions in
+100,000 images) stores each once. Files:
 
   meta.json        text_length, width, tokenizer, the encoder it came from, count
   captions.json    the captions, row order
