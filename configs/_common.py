@@ -41,6 +41,9 @@ def base_config(model, stage):
       # weights there (fine-tuning; the optimizer starts afresh), and stages not trained in the
       # workdir (frozen dependencies, export, sampling) are read from it.
       init_from="",
+      # The same for the stages not trained in the workdir only: the trained stage starts fresh
+      # (a new transformer over a bundled model's tokenizer and text encoder).
+      frozen_from="",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3,

@@ -87,7 +87,8 @@ def get_config(arg=None):
                                  train=_train(2802, 64, 1e-3, 200))
     # The bundled nuwa-tiny-shapes (docs/models/nuwa-tiny-shapes.md), on one H200: these steps
     # are what `--fit-minutes` chose for 2.15 and 5.48 minutes there; the transformer then went
-    # 695 steps more from them at lr 3e-4 (--init-from).
+    # 695, 2,580 and 1,777 steps more (three fine-tuning runs from the previous export at lr
+    # 3e-4, --init-from; the last two on one H100).
     c.sample = _sample(top_k=32)
 
   else:  # paper

@@ -121,16 +121,19 @@ def exported_config(folder):
     return config_from_json(f.read())
 
 
-def init_folder(config):
-  """The export folder `config.train.init_from` names (a bundled model or a folder written by
-  python -m jzoo.export), or None."""
-  source = config.train.get("init_from", "") if "train" in config else ""
-  if not source:
+def init_folder(config, keys=("init_from", "frozen_from")):
+  """The export folder (a bundled model or a folder written by python -m jzoo.export) that the
+  first set of `config.train.<keys>` names, or None. With the default keys: where the stages not
+  trained in the workdir come from."""
+  train = config.train if "train" in config else {}
+  key = next((k for k in keys if train.get(k, "")), None)
+  if key is None:
     return None
+  source = train[key]
   if source in MODELS and MODELS[source].bundled:
     return MODELS[source].weights_dir
   if exported_config(source) is None:
-    raise UserError(f"train.init_from {source!r} is neither a bundled model nor a folder written "
+    raise UserError(f"train.{key} {source!r} is neither a bundled model nor a folder written "
                     "by python -m jzoo.export (config.json + <stage>.safetensors)")
   return source
 
@@ -143,7 +146,7 @@ def load_exported_stage(folder, stage):
 
 def stage_params(model_dir, stage, config):
   """EMA params of `stage`: its latest checkpoint in `model_dir`, else (a stage not trained
-  there) the export folder of `config.train.init_from`."""
+  there) the export folder of `config.train.init_from` or `frozen_from`."""
   from jzoo.training import checkpoint
   try:
     return checkpoint.load_params(model_dir, stage)
@@ -169,8 +172,9 @@ def export_bundle(model_dir, name, stages, config, out_dir=None):
     # float16 on disk keeps bundled models a few MB; they load back as float32.
     tree_files.save_tree(os.path.join(out_dir, f"{stage}.safetensors"),
                          stage_params(model_dir, stage, config), dtype=np.float16)
-  if config.train.get("init_from"):  # every stage is in the bundle: it stands alone
-    config = config_lib.with_overrides(config, ["train.init_from="])
+  # Every stage is in the bundle: it stands alone.
+  config = config_lib.with_overrides(
+      config, [f"train.{k}=" for k in ("init_from", "frozen_from") if config.train.get(k)])
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   return out_dir

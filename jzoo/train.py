@@ -32,10 +32,14 @@ def parse_args(argv):
                       help="= --config.train.init_from: a bundled model or a jzoo.export folder "
                       "whose weights a fresh stage starts from (fine-tuning), and whose other "
                       "stages stand in for those not trained in --workdir")
+  parser.add_argument("--frozen_from", "--frozen-from", default=None,
+                      help="= --config.train.frozen_from: like --init-from for the stages not "
+                      "trained in --workdir only; the trained stage starts fresh")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
-  if args.init_from is not None:
-    overrides = [*overrides, f"train.init_from={args.init_from}"]
+  for key in ("init_from", "frozen_from"):
+    if getattr(args, key) is not None:
+      overrides = [*overrides, f"train.{key}={getattr(args, key)}"]
   return args, overrides
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from jzoo import config as config_lib
 from jzoo import export, sample
+from jzoo import train as train_py
 from jzoo.io import tree_files
 from jzoo.training import checkpoint
 from jzoo.training.loop import train_and_evaluate
@@ -52,3 +53,19 @@ def test_micro_cascade_trains_on_8_devices_and_samples(tmp_path, capsys):
   assert set(after) == set(before) | {"text_position"}
   np.testing.assert_array_equal(np.asarray(after["text_proj"]["kernel"], np.float16),
                                 before["text_proj"]["kernel"])
+
+  # --frozen-from: a fresh base (lr 0 keeps its initial values, not the export's) over the
+  # export's text encoder; an export of that run carries the export's encoder and SR bit for bit.
+  fresh = str(tmp_path / "fresh")
+  train_py.main(["--config", "imagen:micro", "--config.stage=base", "--workdir", fresh,
+                 "--frozen-from", exported, "--config.train.steps=2", "--no-progress",
+                 "--config.train.checkpoint_every=2", "--config.optim.lr=0"])
+  kernel = checkpoint.load_params(fresh, "base")["text_proj"]["kernel"]
+  assert not np.allclose(kernel, before["text_proj"]["kernel"], atol=1e-2)
+  again = str(tmp_path / "again")
+  export.main(["--workdir", fresh, "--name", "imagen-micro", "--out", again])
+  for stage in ("text_encoder", "sr"):
+    a, b = (tree_files.load_tree(os.path.join(d, f"{stage}.safetensors")) for d in (exported, again))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                     jax.tree_util.tree_leaves(b))), stage
+  assert '"frozen_from": ""' in open(os.path.join(again, "config.json")).read()

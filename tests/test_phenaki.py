@@ -159,6 +159,20 @@ def test_transformer_loss_trains_and_no_gradient_reaches_frozen_stages(model, pa
   assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
 
 
+def test_word_order_reaches_the_transformer_only_with_text_positions():
+  # Cross-attention is blind to the order of the text tokens: reversing them changes nothing
+  # unless `transformer.text_positions` adds a position embedding.
+  for positions in (False, True):
+    m = phenaki.build(micro_config(f"transformer.text_positions={positions}"))
+    p = noisy(m.init("transformer", jax.random.PRNGKey(0), moving_square_batch(m))["params"])
+    assert ("text_position" in p) == positions
+    tokens = jnp.zeros((B, m.time_tokens, m.grid, m.grid), jnp.int32)
+    text = jax.random.normal(jax.random.PRNGKey(1), (B, m.text_length, m.text_encoder.width))
+    mask = jnp.ones((B, m.text_length), jnp.int32)
+    apply = jax.jit(lambda t, m=m, p=p: m.transformer.apply({"params": p}, tokens, t, mask))
+    assert np.allclose(apply(text[:, ::-1]), apply(text), atol=1e-5) != positions
+
+
 def test_tokenizer_stage_reports_reconstruction_metrics(model, params):
   batch = moving_square_batch(model)
   loss, metrics = model.loss("tokenizer", params["tokenizer"], batch, jax.random.PRNGKey(0), {})

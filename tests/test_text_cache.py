@@ -18,6 +18,7 @@ from jzoo.text.tokenizer import Tokenizer
 from jzoo.training import checkpoint
 from jzoo.training.loop import Trainer, train_and_evaluate
 from jzoo.parallel import mesh as mesh_lib
+from tests.model_helpers import noisy
 
 STEPS, BATCH = 3, 8
 COMMON = [f"train.batch_size={BATCH}", "data.shuffle=False", "train.log_every=1"]
@@ -76,11 +77,7 @@ def test_a_stage_on_cached_embeddings_sees_the_encoders_loss_and_holds_no_encode
   text, cached_mask = TextEmbeddingCache(out).lookup(captions)
   # Fresh U-Net weights zero their residual and output convolutions, so the loss would not see
   # the text at all: every weight is perturbed.
-  leaves, tree = jax.tree_util.tree_flatten(
-      registry.random_params(model, "base", jax.random.PRNGKey(0)))
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  params = jax.tree_util.tree_unflatten(
-      tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = noisy(registry.random_params(model, "base", jax.random.PRNGKey(0)), scale=0.1)
   frozen = {"text_encoder": checkpoint.load_params(workdir, "text_encoder")}
   rng = jax.random.PRNGKey(1)
   loss = float(model.loss("base", params, {"image": image, "tokens": tokens, "mask": mask},

@@ -171,7 +171,7 @@ class Model:
     """One frozen stage's parameters: a text encoder with public weights named in the config
     (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; the
     tokenizers' perceptual network from the files the config names; every other stage comes
-    from its checkpoint in `model_dir`, or from the export that `train.init_from` names."""
+    from its checkpoint in `model_dir`, or from the export `train.init_from`/`frozen_from` names."""
     from jzoo.vq import perceptual
     if stage == perceptual.PERCEPTUAL:
       return perceptual.load(self.config.tokenizer)

@@ -46,6 +46,7 @@ class MaskGITTransformer(nn.Module):
   mlp_dim: int
   max_time_tokens: int
   grid_size: int  # h = w of the token grid
+  text_positions: bool = False  # a learned embedding per text position (layers.add_text_positions)
   dropout: float = 0.0
   remat: str = "none"
   dtype: jnp.dtype = jnp.float32
@@ -67,6 +68,8 @@ class MaskGITTransformer(nn.Module):
     pos_w = self.param("position_width", pos_init, (self.grid_size, self.width))
     x = x + (pos_t[:t, None, None] + pos_h[None, :h, None] + pos_w[None, None, :w]).astype(x.dtype)
     x = nn.with_logical_constraint(x.reshape(b, t * h * w, self.width), ("batch", "length", "embed"))
+    if self.text_positions:  # cross-attention alone cannot tell which object a word belongs to
+      text = layers.add_text_positions(self, text)
     x = Transformer(self.num_layers, heads_for(self.width, self.head_dim), self.head_dim,
                     self.mlp_dim, cross_attention=True, dropout=self.dropout, remat=self.remat,
                     dtype=self.dtype, name="transformer")(
@@ -108,7 +111,8 @@ class Phenaki(Model):
     self.transformer = MaskGITTransformer(
         codebook_size=tk.codebook_size, width=tr.width, num_layers=tr.num_layers,
         head_dim=tr.head_dim, mlp_dim=tr.mlp_dim, max_time_tokens=tk.max_time_tokens,
-        grid_size=self.grid, dropout=tr.dropout, remat=remat, dtype=self.dtype)
+        grid_size=self.grid, text_positions=bool(tr.get("text_positions", False)),
+        dropout=tr.dropout, remat=remat, dtype=self.dtype)
     heads_for(tr.width, tr.head_dim)
 
   @property

@@ -81,6 +81,19 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def add_text_positions(module, context):
+  """`context` [B, L, D] plus a learned embedding per text position, a parameter
+  "text_position" [L, D] of the calling (compact) `module`.
+
+  Cross-attention and a pooled mean are blind to the order of the text tokens, so a model
+  conditioned on a frozen encoder that barely encodes word order cannot tell "a red circle
+  to the left of a blue square" from its swap without this. Unit-scale init, like the tokens'
+  entries: at 0.02 a fine-tuning run left it where it started (norm 0.23 against 11)."""
+  positions = module.param("text_position", nn.with_logical_partitioning(
+      nn.initializers.normal(1.0), ("length", "embed")), context.shape[1:], jnp.float32)
+  return context + positions.astype(context.dtype)
+
+
 def constrain_image(x):
   """Logical sharding constraint on a [B, H, W, C] activation (a no-op without a mesh)."""
   return nn.with_logical_constraint(x, BHWC)

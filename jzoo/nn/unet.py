@@ -111,11 +111,7 @@ class EfficientUNet(nn.Module):
     context = layers.LayerNorm(dtype, name="text_norm")(text)
     context = layers.dense(self.text_dim, ("embed", "mlp"), dtype=dtype, name="text_proj")(context)
     if self.text_positions:
-      positions = self.param("text_position", nn.with_logical_partitioning(
-          # Unit scale, like the projected tokens' entries: at 0.02 a fine-tuning run left it
-          # where it started (norm 0.23 against the tokens' 11).
-          nn.initializers.normal(1.0), ("length", "embed")), context.shape[1:], jnp.float32)
-      context = context + positions.astype(dtype)
+      context = layers.add_text_positions(self, context)
     context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
     pooled = masked_mean(context, text_mask).astype(dtype)
     emb = emb + layers.dense(emb_dim, ("embed", "mlp"), dtype=dtype, name="text_pool")(pooled)

@@ -144,7 +144,7 @@ class Trainer:
 
   def init_from_export(self, state):
     """A fresh state whose params and EMA are `train.init_from`'s weights for this stage."""
-    folder = registry.init_folder(self.config)
+    folder = registry.init_folder(self.config, keys=("init_from",))
     if folder is None:
       return state
     params = registry.load_exported_stage(folder, self.stage)
