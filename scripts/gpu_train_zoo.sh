@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Trains the tiny bundled models side by side on one CUDA GPU, each sized by --fit-minutes to end
 # by END_SECONDS after this script starts; exports land in OUT:
-#   scripts/gpu_train_zoo.sh OUT END_SECONDS CARRY [nuwa] [imagen] [phenaki]
-#   nuwa     nuwa:tiny_shapes from scratch: tokenizer, then transformer
-#   imagen   the imagen:tiny_shapes base stage, over the text encoder and SR stage in CARRY/imagen
-#            (trained on the CPU; the base stage decides what the prompt draws)
-#   phenaki  phenaki:tiny_shapes tokenizer, then transformer, over the text encoder in CARRY/phenaki
-# TUNE="nuwa phenaki" (or TUNE=1: every model) fine-tunes those models' last stage instead, for
-# the whole time, at a lower learning rate, from CARRY/<model>-tiny-shapes when CARRY holds that
-# export, else from the bundled model (--init-from; the other stages are read from the export).
-# IMAGEN_OVERRIDES="--config.stages.base.KEY=VALUE ..." adds config overrides to the base stage.
+#   scripts/gpu_train_zoo.sh OUT END_SECONDS SOURCES [nuwa] [imagen] [phenaki]
+# By default each model trains from scratch the stages that decide what a prompt draws:
+#   nuwa     tokenizer, then transformer
+#   imagen   the base stage, over the bundle's text encoder and SR stage (CPU-trained)
+#   phenaki  tokenizer, then transformer, over the bundle's text encoder (CPU-trained)
+# Per model, instead (space-separated lists of models; 1 = every model):
+#   FRESH="phenaki"  only the last stage, from scratch, over the export's other stages
+#                    (--frozen-from)
+#   TUNE="nuwa"      the last stage fine-tuned from the export (--init-from), at lr 3e-4
+# "The export" is SOURCES/<model>-tiny-shapes when SOURCES holds one (the exports of an earlier
+# run), else the bundled model. OVERRIDES_<model>="--config.KEY=VALUE ..." adds config overrides
+# to the last stage (e.g. OVERRIDES_phenaki=--config.transformer.text_positions=True).
 # The tiny models leave a GPU mostly idle one at a time, so they share it (each process takes
 # at most a quarter of its memory). OUT/<model>.tgz holds the export and each stage's
 # metrics.jsonl and config.json; logs in OUT/<model>.log and OUT/all.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=$(realpath -m "$1"); end=$2; carry=$(realpath -m "$3"); shift 3
+out=$(realpath -m "$1"); end=$2; sources=$(realpath -m "$3"); shift 3
 mkdir -p "$out"
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.24
 PY=${PYTHON:-python3}
@@ -45,40 +48,40 @@ finish() {  # finish MODEL [EXPORT OVERRIDES...]: export and pack
       $( [ -d "$work/export/$model-tiny-shapes" ] && echo "export/$model-tiny-shapes" )
 }
 
-tuning() {  # is MODEL to be fine-tuned?
-  [ "${TUNE:-0}" = 1 ] || [[ " ${TUNE:-} " == *" $1 "* ]]
+listed() {  # listed LIST MODEL: is MODEL in the space-separated LIST (or LIST = 1)?
+  [ "$1" = 1 ] || [[ " $1 " == *" $2 "* ]]
 }
-tune() {  # tune MODEL STAGE BATCH [OVERRIDES...]: fine-tune STAGE from CARRY's or the bundled export
+source_of() {  # the export MODEL's frozen or fine-tuned stages come from
+  if [ -d "$sources/$1-tiny-shapes" ]; then echo "$sources/$1-tiny-shapes"; else echo "$1-tiny-shapes"; fi
+}
+last() {  # last MODEL STAGE BATCH [OVERRIDES...]: the last stage, as TUNE/FRESH/default say
   local model=$1 stage=$2 batch=$3; shift 3
-  local source="$carry/$model-tiny-shapes"
-  [ -d "$source" ] || source="$model-tiny-shapes"
-  train "$model" "$stage" "$batch" "$(minutes_until 40 1.0)" \
-      --init-from "$source" --config.optim.lr=3e-4 \
-      --config.optim.warmup_steps=50 "$@"
+  local extra="OVERRIDES_$model" mode=()
+  if listed "${TUNE:-}" "$model"; then
+    mode=(--init-from "$(source_of "$model")" --config.optim.lr=3e-4 --config.optim.warmup_steps=50)
+  elif listed "${FRESH:-}" "$model" || [ "$model" = imagen ]; then
+    mode=(--frozen-from "$(source_of "$model")")
+  fi
+  # shellcheck disable=SC2086  # the overrides are words
+  train "$model" "$stage" "$batch" "$(minutes_until 40 1.0)" "${mode[@]}" "$@" ${!extra:-}
+}
+whole() {  # whole MODEL: only the last stage when TUNE or FRESH lists MODEL
+  ! listed "${TUNE:-}" "$1" && ! listed "${FRESH:-}" "$1"
 }
 
 run_nuwa() {
-  if tuning nuwa; then tune nuwa transformer 64; finish nuwa; return; fi
-  train nuwa tokenizer 32 "$(minutes_until 60 0.3)"
-  train nuwa transformer 64 "$(minutes_until 40 1.0)"
+  whole nuwa && train nuwa tokenizer 32 "$(minutes_until 60 0.3)"
+  last nuwa transformer 64
   finish nuwa
 }
 run_imagen() {
-  if tuning imagen; then
-    tune imagen base 64 --config.stages.base.self_attention="(False,True,True)" ${IMAGEN_OVERRIDES:-}
-    finish imagen --config.sample.guidance=2.0; return
-  fi
-  mkdir -p "$work/imagen" && cp -r "$carry/imagen/." "$work/imagen/"
-  # Self-attention at 16x16 as well as 8x8: where two objects have to be told apart.
-  train imagen base 64 "$(minutes_until 40 1.0)" \
-      --config.stages.base.self_attention="(False,True,True)" ${IMAGEN_OVERRIDES:-}
+  last imagen base 64
   finish imagen --config.sample.guidance=2.0
 }
 run_phenaki() {
-  if tuning phenaki; then tune phenaki transformer 64; finish phenaki --config.sample.temperature=0.5; return; fi
-  mkdir -p "$work/phenaki" && cp -r "$carry/phenaki/." "$work/phenaki/"
-  train phenaki tokenizer 32 "$(minutes_until 60 0.45)"
-  train phenaki transformer 64 "$(minutes_until 40 1.0)"
+  whole phenaki && train phenaki tokenizer 32 "$(minutes_until 60 0.45)" \
+      --frozen-from "$(source_of phenaki)"
+  last phenaki transformer 64 $(whole phenaki && echo --frozen-from "$(source_of phenaki)")
   finish phenaki --config.sample.temperature=0.5
 }
 
