@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from jzoo import evaluate as evaluate_lib
+from jzoo import registry
 from jzoo.data import shapes
 from jzoo.errors import UserError
 from jzoo.eval import report as report_lib
@@ -204,3 +205,12 @@ def test_cli_on_imagen_micro(tmp_path, capsys):
   assert "samples" not in summary
   saved = _check_files(summary, out_dir, marks=False)
   assert len(saved["samples"]) == 4
+
+
+def test_cli_names_a_checkpoint_by_its_path(tmp_path, capsys):
+  # An export folder (here the bundled one's): the report names it, not the --model default.
+  folder = registry.MODELS["imagen-tiny-shapes"].weights_dir
+  code, out, err = run_main(["--checkpoint", folder + "/", "--num", "1", "--steps", "1",
+                             "--out", str(tmp_path / "eval"), "--json"], capsys)
+  assert code == 0, err
+  assert json.loads(out)["model"] == os.path.normpath(folder)
