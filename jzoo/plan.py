@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 from jzoo import cli
@@ -94,6 +95,33 @@ def compile_train_step(config, devices):
     return step.lower(trainer.abstract_state, batch, frozen).compile()
 
 
+def _out_of_memory(error):
+  """The bytes the TPU compiler said it needed, when `error` is its out-of-HBM refusal (it
+  refuses to compile a step whose temporaries exceed the chip), else None."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text or "HBM" not in text:
+    return None
+  needed = re.search(r"required for [^(]*\(([\d.]+)([KMGT])\)", text)
+  if not needed:
+    return 0
+  return int(float(needed.group(1)) * 2 ** (10 * "KMGT".index(needed.group(2)) + 10))
+
+
+def compile_and_analyse(config, devices, chip):
+  """`analyse` of the compiled step; a step the compiler refuses for lack of HBM is reported as
+  not fitting, with what it needed as `per_chip_bytes` (a lower bound: temporaries only)."""
+  try:
+    compiled = compile_train_step(config, devices)
+  except Exception as e:  # jax raises JaxRuntimeError; anything but out-of-HBM propagates
+    needed = _out_of_memory(e)
+    if needed is None:
+      raise
+    return {"per_chip_bytes": needed, "memory": None, "hbm_bytes": chip.hbm_bytes, "fits": False,
+            "flops_per_step": None, "flops_per_chip": None, "roofline_step_s": None,
+            "mfu_at_roofline": None, "compile_error": str(e).strip().splitlines()[0][:300]}
+  return analyse(compiled, chip, len(devices))
+
+
 def analyse(compiled, chip, num_chips):
   mem = compiled.memory_analysis()
   per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
@@ -142,15 +170,14 @@ def plan(config, topology=None):
   chip, devices = _topology(topology)
   result.update({"topology": topology, "chip": chip.name, "chips": len(devices),
                  "batch": int(config.train.batch_size)})
-  compiled = compile_train_step(config, devices)
   from jzoo.parallel.mesh import mesh_shape
   result["mesh"] = mesh_shape(config.mesh, len(devices))
-  result.update(analyse(compiled, chip, len(devices)))
+  result.update(compile_and_analyse(config, devices, chip))
   if not result["fits"]:
     result["suggestion"] = None
     for flag, overrides in _alternatives(config):
       alt = config_lib.with_overrides(config, overrides)
-      stats = analyse(compile_train_step(alt, devices), chip, len(devices))
+      stats = compile_and_analyse(alt, devices, chip)
       if stats["fits"]:
         result["suggestion"] = {"change": flag, "per_chip_bytes": stats["per_chip_bytes"]}
         break
@@ -170,11 +197,20 @@ def print_report(r):
     return
   print(f"  topology {r['topology']} ({r['chips']} × {r['chip']}), mesh {r['mesh']}, batch {r['batch']}")
   m = r["memory"]
+  if m is None:  # the compiler refused the step
+    print(f"  per chip: the TPU compiler ran out of HBM ({_gib(r['per_chip_bytes'])} of temporaries "
+          f"alone, of {_gib(r['hbm_bytes'])}) -> DOES NOT FIT")
+    _print_suggestion(r)
+    return
   print(f"  per chip {_gib(r['per_chip_bytes'])} of {_gib(r['hbm_bytes'])} HBM "
         f"(arguments {_gib(m['arguments'])}, outputs {_gib(m['outputs'])}, "
         f"temporaries {_gib(m['temporaries'])}) -> {'fits' if r['fits'] else 'DOES NOT FIT'}")
   print(f"  FLOPs/step {r['flops_per_step']:.3e}; roofline step {r['roofline_step_s'] * 1e3:.1f} ms; "
         f"MFU at roofline {100 * r['mfu_at_roofline']:.1f}%")
+  _print_suggestion(r)
+
+
+def _print_suggestion(r):
   if not r["fits"]:
     s = r.get("suggestion")
     print(f"  smallest change that fits: {s['change']} ({_gib(s['per_chip_bytes'])})" if s else

@@ -53,3 +53,24 @@ def test_not_fitting_gets_a_suggestion(monkeypatch):
 def test_bad_topology_is_a_user_error():
   with pytest.raises(plan.UserError, match="unknown topology"):
     plan.plan(config_lib.load(TOY), "h100:8")
+
+
+@pytest.mark.tpu_aot
+@needs_libtpu
+def test_a_step_the_compiler_refuses_gets_a_suggestion(capsys):
+  # At this batch the TPU compiler itself refuses the step (its temporaries exceed the HBM):
+  # reported as not fitting, with what it needed, and half the batch fits.
+  plan.main(["--config", TOY, "--topology", "v5e:2x2", "--mesh", "data=1,fsdp=4",
+             "--batch", "786432", "--config.train.remat=full", "--json"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["fits"] is False and out["memory"] is None and "HBM" in out["compile_error"]
+  assert out["per_chip_bytes"] > out["hbm_bytes"]
+  assert out["suggestion"]["change"] == "--config.train.batch_size=393216"
+  assert out["suggestion"]["per_chip_bytes"] < out["hbm_bytes"]
+
+
+def test_out_of_memory_message_is_read():
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (26.92G) exceeds available HBM (15.75G).")
+  assert plan._out_of_memory(message) == int(26.92 * 2**30)
+  assert plan._out_of_memory("INVALID_ARGUMENT: something else") is None
