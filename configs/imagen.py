@@ -101,7 +101,7 @@ def get_config(arg=None):
     # cross-attention to the text at 16x16 and 8x8. The base adds a learned position embedding
     # to the text tokens (text_positions): cross-attention and the pooled text are blind to word
     # order, and this small encoder barely encodes it, so without it the base could not tell
-    # "a red circle to the left of a blue square" from its swap (relation 0.51 -> 0.9).
+    # "a red circle to the left of a blue square" from its swap (relation 0.51 -> 0.93).
     c.text.length = 24
     c.text_encoder = _text_encoder("tiny", train=_train(1500, 64, 1e-3, 100))
     c.stages = ml_collections.ConfigDict(dict(
