@@ -37,7 +37,7 @@ def test_checkpoint_restores_onto_other_meshes_with_identical_values(tmp_path):
     assert len(leaf.sharding.device_set) == n
 
 
-@pytest.mark.parametrize("family", ["imagen", "phenaki"])
+@pytest.mark.parametrize("family", ["imagen", "phenaki", "nuwa"])
 def test_no_parameter_left_replicated_where_the_rules_shard(family):
   """Walks every parameter of a micro model: each axis whose logical name maps to a mesh axis (and
   whose size that axis divides) is sharded; nothing silently falls back to replication."""
@@ -47,7 +47,7 @@ def test_no_parameter_left_replicated_where_the_rules_shard(family):
   rules = dict(model.axis_rules)
   checked = 0
   for stage in model.stages:
-    batch = registry.abstract_batch(model, stage)
+    batch = registry.abstract_batch(model, stage, 8)  # divisible by the data axes (NUWA shard_maps)
     with mesh_context(mesh, model.axis_rules):
       boxed = jax.eval_shape(lambda r, b: model.init(stage, r, b)["params"],
                              jax.random.PRNGKey(0), batch)
