@@ -103,7 +103,9 @@ def test_fit_minutes_cuts_the_schedule_to_the_time_budget(tmp_path):
   end_lr = float(learning_rate_schedule(config.optim, saved)(saved - 1))
   np.testing.assert_allclose(metrics[-1]["lr"], end_lr, rtol=1e-5, atol=1e-9)
   assert end_lr < 1.01 * config.optim.end_lr_factor * config.optim.lr
-  assert took < 3 * 0.2 * 60  # the budget is 12 s; compiles and the probe's slack on top
+  # The budget is 12 s; a busy machine can make the 1.2-s probe's estimate off, which the hard
+  # stop (30 s past the budget) bounds; compiles come on top.
+  assert took < 0.2 * 60 + 30 + 15
   with pytest.raises(UserError, match="fresh run"):
     train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], progress=False,
                        fit_minutes=0.1)

@@ -308,7 +308,9 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   started = time.monotonic()
   deadline = None if max_minutes is None else started + 60.0 * float(max_minutes)
   if fit_minutes is not None and deadline is None:
-    deadline = started + 60.0 * float(fit_minutes) * 1.1  # the fit's estimate may be off
+    # The fit's estimate may be off (a short probe on a busy machine): stop a run that overruns
+    # its budget by 10%, or by 30 s for budgets under five minutes.
+    deadline = started + 60.0 * float(fit_minutes) + max(6.0 * float(fit_minutes), 30.0)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   trainer = Trainer(config, mesh)
   model, stage, train_cfg = trainer.model, trainer.stage, config.train
