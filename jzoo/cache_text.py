@@ -57,9 +57,8 @@ def main(argv=None):
   source = get_source(config.data.dataset or spec.dataset, args.split,
                       resolution=spec.resolution, frames=spec.frames)
   count = len(source) if args.limit is None else min(args.limit, len(source))
-  caption = getattr(source, "caption", None) or (lambda i: source[i]["caption"])
   started = time.monotonic()
-  captions = [caption(i) for i in range(count)]
+  captions = [source.caption(i) for i in range(count)]
   print(f"read {count} captions of {args.split} ({len(set(captions))} distinct) in "
         f"{time.monotonic() - started:.1f} s", flush=True)
 
@@ -71,7 +70,7 @@ def main(argv=None):
   encode = lambda tokens, mask: encode_fn(params, tokens, mask)  # params as an argument, not a constant
   out = args.out or os.path.join(args.workdir, "text_cache")
   meta = cache_lib.build(out, captions, encode, Tokenizer.load(config.text.tokenizer),
-                         spec.text_length, batch_size=args.batch_size,
+                         spec.text_length, encoder.width, batch_size=args.batch_size,
                          source=encoder.source(args.workdir, config))
   size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
   print(f"{out}: {meta['rows']} captions x {meta['text_length']} tokens x {meta['width']} "

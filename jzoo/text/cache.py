@@ -27,9 +27,10 @@ META, CAPTIONS, EMBEDDINGS, MASK = "meta.json", "captions.json", "embeddings.npy
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def build(directory, captions, encode, tokenizer, text_length, *, batch_size=256, source="",
-          log=None):
-  """Encodes the distinct `captions` with `encode(tokens, mask) -> [B, L, D]` and writes the cache.
+def build(directory, captions, encode, tokenizer, text_length, width, *, batch_size=256,
+          source=""):
+  """Encodes the distinct `captions` with `encode(tokens, mask) -> [B, L, width]` and writes the
+  cache.
 
   `encode` sees full batches only (the last one is padded), so a jitted encoder compiles once.
   `source` says which encoder weights made the embeddings; training compares it with its own.
@@ -40,7 +41,8 @@ def build(directory, captions, encode, tokenizer, text_length, *, batch_size=256
   os.makedirs(directory, exist_ok=True)
   tokens, mask = tokenizer.encode_batch(unique, text_length)
   rows = len(unique)
-  embeddings = None
+  embeddings = np.lib.format.open_memmap(os.path.join(directory, EMBEDDINGS + ".tmp"), "w+",
+                                         np.float16, (rows, text_length, width))
   for start in range(0, rows, batch_size):
     stop = min(start + batch_size, rows)
     pad = batch_size - (stop - start)
@@ -49,13 +51,7 @@ def build(directory, captions, encode, tokenizer, text_length, *, batch_size=256
     chunk = chunk[:stop - start]
     if not np.isfinite(chunk).all() or np.abs(chunk).max() > FLOAT16_MAX:
       raise DataError("the text encoder's embeddings overflow float16; the cache stores float16")
-    if embeddings is None:  # the width is the encoder's, known after the first batch
-      embeddings = np.lib.format.open_memmap(os.path.join(directory, EMBEDDINGS + ".tmp"), "w+",
-                                             np.float16, (rows, text_length, chunk.shape[-1]))
     embeddings[start:stop] = chunk.astype(np.float16)
-    if log:
-      log(f"encoded {stop}/{rows} captions")
-  width = int(embeddings.shape[-1])
   embeddings.flush()
   del embeddings
   # Everything is written under temporary names first: an interrupted build leaves no cache
@@ -66,7 +62,7 @@ def build(directory, captions, encode, tokenizer, text_length, *, batch_size=256
   os.replace(os.path.join(directory, EMBEDDINGS + ".tmp"), os.path.join(directory, EMBEDDINGS))
   os.replace(os.path.join(directory, MASK + ".tmp.npy"), os.path.join(directory, MASK))
   os.replace(os.path.join(directory, CAPTIONS + ".tmp"), os.path.join(directory, CAPTIONS))
-  meta = {"text_length": int(text_length), "width": width, "rows": rows,
+  meta = {"text_length": int(text_length), "width": int(width), "rows": rows,
           "tokenizer": tokenizer.name, "source": source}
   with open(os.path.join(directory, META), "w") as f:
     json.dump(meta, f, indent=2)
