@@ -8,6 +8,7 @@
   config.train.*         steps, batch_size, checkpoint_every, log_every, seed, keep, ema_decay, dtype
   config.optim.*         AdamW with warmup + cosine decay and global-norm clipping
   config.sample.*        CLI defaults for generation
+  config.xla_cpu_ynn_fusions  on the CPU, the operations XLA hands to YNNPACK (jzoo.parallel.compiler)
 """
 
 import ml_collections
@@ -56,6 +57,9 @@ def base_config(model, stage):
       clip_norm=1.0,
   ))
   c.sample = ml_collections.ConfigDict(dict(steps=20, guidance=3.0))
+  # '' = XLA's own choice; else a comma list of eltwise, reduce, dot, individual_dot,
+  # individual_convolution. Applies to the train step and generation on the CPU only.
+  c.xla_cpu_ynn_fusions = ""
   return c
 
 

@@ -159,13 +159,14 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
   import jax.numpy as jnp
   import numpy as np
   from jzoo.models.base import Request
+  from jzoo.parallel import compiler
 
   tokenizer = Tokenizer.load(model.config.text.tokenizer)
   check_prompts(prompts, model.text_length, tokenizer)
   options = model.default_request_options()
   steps = options["steps"] if steps is None else steps
   guidance = options["guidance"] if guidance is None else guidance
-  gen = functools.partial(_jitted_generate(), model)
+  gen = functools.partial(_jitted_generate(compiler.ynn_fusions_of(model.config)), model)
   key = jax.random.PRNGKey(seed)
   extra = {}
   start_frames = None
@@ -201,11 +202,12 @@ def generate(model, params, prompts, *, num, seed, steps, guidance, batch_size, 
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_generate():
-  """One jitted generate for all models; the model is static (models hash by their config)."""
-  import jax
-  return jax.jit(lambda model, params, request, rng: model.generate(params, request, rng),
-                 static_argnums=0)
+def _jitted_generate(ynn_fusions=""):
+  """One jitted generate for all models with the same XLA CPU options; the model is static
+  (models hash by their config)."""
+  from jzoo.parallel import compiler
+  return compiler.jit(lambda model, params, request, rng: model.generate(params, request, rng),
+                      static_argnums=0, ynn_fusions=ynn_fusions)
 
 
 @cli.main_guard

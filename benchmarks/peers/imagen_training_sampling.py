@@ -227,6 +227,7 @@ def jzoo_side(stage):
   from jzoo import registry
   from jzoo.models import imagen
   from jzoo.models.base import count_params
+  from jzoo.parallel import compiler
   config, s, steps = stage_settings(stage)
   train_once, batch, train_compile = jzoo_train_step(config, stage)
 
@@ -241,10 +242,12 @@ def jzoo_side(stage):
     level = jnp.full((SAMPLES,), float(config.sample.sr_noise_aug))
     cond.update(model._augment(low, (r, r), level, jax.random.PRNGKey(3)))
 
-  @jax.jit
   def sample(p, rng):  # no guidance: one U-Net call per step (unguided=True)
     noise = jax.random.normal(rng, (SAMPLES, r, r, 3))
     return model._sample_stage(stage, p, cond, steps, 1.0, True, noise, rng)
+
+  # compiled as jzoo.sample compiles generation: with the config's XLA CPU options
+  sample = compiler.jit(sample, ynn_fusions=compiler.ynn_fusions_of(config))
 
   t0 = time.perf_counter()
   jax.block_until_ready(sample(params, jax.random.PRNGKey(4)))

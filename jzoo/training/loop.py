@@ -21,7 +21,7 @@ from jzoo import registry
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
 from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
-from jzoo.parallel import mesh as mesh_lib
+from jzoo.parallel import compiler, mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
 from jzoo.training import checkpoint as ckpt_lib
@@ -130,10 +130,10 @@ class Trainer:
 
   def jit_step(self, frozen_shardings):
     repl = replicated(self.mesh)
-    step = jax.jit(self._train_step,
-                   in_shardings=(self.state_shardings, self.batch_shardings, frozen_shardings),
-                   out_shardings=(self.state_shardings, repl),
-                   donate_argnums=(0,))
+    step = compiler.jit(self._train_step, ynn_fusions=compiler.ynn_fusions_of(self.config),
+                        in_shardings=(self.state_shardings, self.batch_shardings, frozen_shardings),
+                        out_shardings=(self.state_shardings, repl),
+                        donate_argnums=(0,))
 
     @functools.wraps(step)
     def run(*args):
