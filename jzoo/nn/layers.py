@@ -53,19 +53,48 @@ def num_groups(channels, groups):
   return math.gcd(channels, groups)
 
 
+class _NormScaleBias(nn.Module):
+  """A per-channel scale and bias, where flax's `nn.GroupNorm` kept them (`GroupNorm_0/scale`),
+  so checkpoints from before `GroupNorm` computed its statistics itself still load."""
+
+  @nn.compact
+  def __call__(self, channels):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (channels,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                      (channels,), jnp.float32)
+    return scale, bias
+
+
 class GroupNorm(nn.Module):
-  """GroupNorm with statistics in float32; returns `dtype`."""
+  """GroupNorm over all axes but the batch, with statistics in float32; returns `dtype`.
+
+  The same statistics as flax's `nn.GroupNorm` (mean and mean square, var = E[x^2] - E[x]^2),
+  summed per channel over the contiguous positions first and per group after: flax's
+  reduction over [H, W, C/G] with the groups kept is strided, and on the CPU it made
+  GroupNorm + SiLU 2-3.5x slower (forward and backward) at the U-Nets' shapes."""
   groups: int = 32
   dtype: Any = jnp.float32
+  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x):
-    y = nn.GroupNorm(num_groups=num_groups(x.shape[-1], self.groups), epsilon=1e-5,
-                     dtype=jnp.float32, param_dtype=jnp.float32,
-                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))(
-                         x.astype(jnp.float32))
-    return y.astype(self.dtype)
+    b, c = x.shape[0], x.shape[-1]
+    g = num_groups(c, self.groups)
+    scale, bias = _NormScaleBias(name="GroupNorm_0")(c)
+    x = x.astype(jnp.float32)
+    per_channel = x.reshape(b, -1, c)
+    count = per_channel.shape[1] * (c // g)
+
+    def group_mean(v):  # [B, C] channel sums -> [B, C] group means, repeated per channel
+      v = v.reshape(b, g, c // g).sum(-1) / count
+      return jnp.repeat(v, c // g, axis=-1)
+
+    mean = group_mean(per_channel.sum(1))
+    var = jnp.maximum(group_mean(jnp.square(per_channel).sum(1)) - jnp.square(mean), 0.0)
+    shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+    inv = (jax.lax.rsqrt(var + self.epsilon) * scale).reshape(shape)
+    return ((x - mean.reshape(shape)) * inv + bias).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
