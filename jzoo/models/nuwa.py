@@ -38,7 +38,7 @@ import optax
 from jzoo.errors import ConfigError
 from jzoo.kernels.nearby_attention import nearby_attention, sharded_nearby_attention
 from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
-from jzoo.nn import layers
+from jzoo.nn import layers, selection
 from jzoo.nn.attention import HeadsProjection, OutProjection
 from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
 from jzoo.vq.vqgan import VQGAN
@@ -287,7 +287,7 @@ def top_k_sample(rng, logits, k, temperature):
   """Samples from the `k` most likely codes (k = 0: all), logits [B, V] -> int32 [B]."""
   logits = logits.astype(jnp.float32) / temperature
   if 0 < k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, k)[0][:, -1:]
+    kth = selection.kth_largest(logits, (k,))  # lax.top_k sorts the whole row on the CPU
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
