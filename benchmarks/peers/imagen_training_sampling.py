@@ -109,9 +109,12 @@ def serve(ready, commands):
   # One JSON line when built and warmed up, then one per command read from stdin.
   print(json.dumps(dict(ready, threads=torch.get_num_threads(), torch=torch.__version__)),
         file=out, flush=True)
+  sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
   for line in sys.stdin:
+    sync()
     t0 = time.perf_counter()
     commands[line.strip()]()
+    sync()
     print(json.dumps({"seconds": time.perf_counter() - t0}), file=out, flush=True)
 """
 
@@ -134,15 +137,26 @@ if cfg["mid_cross_attn"]:  # the middle blocks ignore attn_heads / attn_dim_head
   for block in (unet.mid_block1, unet.mid_block2):
     dim = block.block2.project.out_channels
     block.cross_attn = CrossAttention(dim=dim, **cfg["mid_cross_attn"])
-images = torch.rand(b, 3, r, r) * 2 - 1
-text, mask = torch.randn(b, length, width), torch.ones(b, length, dtype=torch.bool)
-low = torch.rand(n, 3, r // 2, r // 2) * 2 - 1
-train = trainer(unet, lambda: imagen(images, text_embeds=text, text_masks=mask,
-                                     unet_number=unet_number))
+dev = torch.device(cfg["device"])
+imagen = imagen.to(dev)
+images = torch.rand(b, 3, r, r, device=dev) * 2 - 1
+text = torch.randn(b, length, width, device=dev)
+mask = torch.ones(b, length, dtype=torch.bool, device=dev)
+low = torch.rand(n, 3, r // 2, r // 2, device=dev) * 2 - 1
+# bfloat16 compute with float32 parameters, as jzoo's train.dtype=bfloat16
+amp = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg["dtype"] == "bfloat16")
+
+def loss():
+  with amp():
+    return imagen(images, text_embeds=text, text_masks=mask, unet_number=unet_number)
+
+train = trainer(unet, loss)
 
 def sample():
   extra = dict(start_at_unet_number=2, start_image_or_video=low) if sr else {}
-  imagen.sample(text_embeds=text[:n], text_masks=mask[:n], cond_scale=1., use_tqdm=False, **extra)
+  with amp():
+    imagen.sample(text_embeds=text[:n], text_masks=mask[:n], cond_scale=1., use_tqdm=False,
+                  **extra)
 
 with FlopCounterMode(display=False) as flops, torch.no_grad():
   unet(images[:1], torch.rand(1), text_embeds=text[:1], text_mask=mask[:1],
@@ -154,9 +168,9 @@ serve(dict(params=sum(p.numel() for p in unet.parameters()), gflops=flops.get_to
 """
 
 
-def stage_settings(stage):
+def stage_settings(stage, overrides=()):
   from jzoo import config as config_lib
-  config = config_lib.load("imagen:tiny_shapes")
+  config = config_lib.load("imagen:tiny_shapes", list(overrides))
   s = config.stages[stage]
   steps = config.sample.steps if stage == "base" else config.sample.sr_steps
   return config, s, steps
@@ -219,7 +233,7 @@ def peer_mid_cross_attn(s):
               heads=max(2, s.channels * s.channel_mult[-1] // s.head_dim))
 
 
-def jzoo_side(stage):
+def jzoo_side(stage, overrides=()):
   """(info, train_once, sample_once) for jzoo's stage, compiled."""
   import jax
   import jax.numpy as jnp
@@ -228,7 +242,7 @@ def jzoo_side(stage):
   from jzoo.models import imagen
   from jzoo.models.base import count_params
   from jzoo.parallel import compiler
-  config, s, steps = stage_settings(stage)
+  config, s, steps = stage_settings(stage, overrides)
   train_once, batch, train_compile = jzoo_train_step(config, stage)
 
   model = imagen.build(config)
@@ -346,17 +360,27 @@ def main():
   p.add_argument("--rounds", type=int, default=ROUNDS)
   p.add_argument("--patience", type=float, default=10,
                  help="seconds to wait, before each timed call, for other jobs to leave the CPUs")
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                 help="the peer's torch device (jzoo runs on JAX's default backend)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="compute dtype on both sides (parameters stay float32)")
+  p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                 help="an imagen:tiny_shapes config override, e.g. stages.base.channels=128 "
+                      "(the peer is derived from the overridden stage)")
+  p.add_argument("--peak-tflops", type=float, default=None,
+                 help="the chip's peak at --dtype (H100 SXM bf16 dense: 989): prints MFU")
   p.add_argument("--json", action="store_true")
   args = p.parse_args()
   load_before = os.getloadavg()
+  overrides = list(args.override) + [f"train.dtype={args.dtype}"]
 
-  ours, jzoo_train, jzoo_sample = jzoo_side(args.stage)
-  _, s, _ = stage_settings(args.stage)
+  ours, jzoo_train, jzoo_sample = jzoo_side(args.stage, overrides)
+  _, s, _ = stage_settings(args.stage, overrides)
   peer = Peer(args.peer_python, PEER, dict(
       unet=peer_unet(s, ours["text_len"], ours["text_dim"], args.stage != "base"),
       mid_cross_attn=peer_mid_cross_attn(s) if args.stage == "sr" else None,
       batch=ours["batch"], samples=SAMPLES, resolution=ours["resolution"], steps=ours["steps"],
-      text_len=ours["text_len"], text_dim=ours["text_dim"]))
+      text_len=ours["text_len"], text_dim=ours["text_dim"], device=args.device, dtype=args.dtype))
   times = alternate([("jzoo_train", timed(jzoo_train), TRAIN_REPEATS),
                      ("peer_train", lambda: peer.time("train"), TRAIN_REPEATS),
                      ("jzoo_sample", timed(jzoo_sample), 1),
@@ -369,12 +393,18 @@ def main():
       param_ratio=peer.info["params"] / ours["params"],
       train_speedup=b["peer_train"]["seconds"] / b["jzoo_train"]["seconds"],
       sample_speedup=b["peer_sample"]["seconds"] / b["jzoo_sample"]["seconds"],
-      load_avg_before=load_before, load_avg_after=os.getloadavg())
+      load_avg_before=load_before, load_avg_after=os.getloadavg(), overrides=overrides,
+      device=args.device)
+  if args.peak_tflops:  # model FLOPs as maxdiffusion counts them: 3x the forward, no remat credit
+    for side, info in (("jzoo", ours), ("peer", peer.info)):
+      flops = 3 * info["gflops"] * 1e9 * ours["batch"]
+      result[side + "_mfu"] = flops / b[side + "_train"]["seconds"] / (args.peak_tflops * 1e12)
   if args.json:
     print(json.dumps(result))
     return
   r = ours["resolution"]
-  print(f"imagen:tiny_shapes {args.stage} U-Net at {r}x{r}; training batch {ours['batch']}; "
+  print(f"imagen:tiny_shapes {' '.join(args.override)} {args.stage} U-Net at {r}x{r}, "
+        f"{args.dtype}, peer on {args.device}; training batch {ours['batch']}; "
         f"{SAMPLES} samples x {ours['steps']} steps, no guidance; min over {args.rounds} "
         "alternating rounds")
   rows = [(f"jzoo (jax {ours['jax']})", ours, "jzoo"),
@@ -386,6 +416,9 @@ def main():
           f"{b[side + '_train']['seconds']:>11.3f}s{b[side + '_sample']['seconds']:>9.3f}s")
   print(f"{'peer / jzoo (> 1: jzoo faster)':36}{result['param_ratio']:>10.3f}x{'':11}"
         f"{result['train_speedup']:>11.2f}x{result['sample_speedup']:>9.2f}x")
+  if args.peak_tflops:
+    print(f"MFU of the train step at {args.peak_tflops:g} TFLOP/s peak: jzoo "
+          f"{result['jzoo_mfu']:.1%}, peer {result['peer_mfu']:.1%}")
   busy = max(v["busy"] for v in b.values())
   print(f"targets: train >= 1x, sampling >= 2x. jzoo compile: train "
         f"{ours['train_compile_s']:.0f} s, "
