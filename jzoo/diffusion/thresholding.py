@@ -8,7 +8,6 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from jzoo.errors import ConfigError
