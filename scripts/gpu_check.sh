@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, run on one with jzoo installed; results land in OUT:
-#   scripts/gpu_check.sh OUT [tests] [bench] [smoke] [train END_SECONDS]
+#   scripts/gpu_check.sh OUT [tests] [bench] [smoke] [train END_SECONDS] [peers]
 #   tests  the Pallas GPU kernel, compiled, against the dense reference (pytest -m gpu)
 #   bench  benchmarks/nearby_attention.py: the kernel against cuDNN/XLA dense attention and
 #          the blocked XLA path, side by side, at the issue's shape and at a NUWA-like one
@@ -9,6 +9,12 @@
 #   train  nuwa:tiny_shapes at GPU batch sizes, sized from the smoke's steps/s to end within
 #          END_SECONDS of this script's start; exported to OUT/nuwa-tiny-shapes, the
 #          stages' metrics and configs in OUT/nuwa-tiny-logs.tgz
+#   peers  issue 7's GPU row: the Imagen base U-Net at width 128 (51M parameters), bfloat16,
+#          train step and sampling side by side with imagen-pytorch on the same GPU, with MFU
+#          (OUT/peers_imagen_b64.json, OUT/peers_imagen_b256.json). The peer's Unet gets
+#          num_resnet_blocks=0,1,2 so the parameter counts match (ratio 1.016, forward FLOPs
+#          1.06x; the derived 0,1,1 gives 0.855). Needs imagen-pytorch importable, e.g. from
+#          the wheels of benchmarks/peers/requirements-gpu.txt on PYTHONPATH.
 # Logs go to OUT/all.log. Each part runs even when an earlier one failed; the exit status
 # is the number of parts that failed.
 set -uo pipefail
@@ -78,6 +84,19 @@ while [ $# -gt 0 ]; do
           --out "$out/nuwa-tiny-shapes"
       tar -czf "$out/nuwa-tiny-logs.tgz" -C $work --exclude=checkpoints .
       shift 2 ;;
+    peers)
+      for batch in 64 256; do
+        echo "== peers_imagen batch $batch ($(date +%T))" | tee -a "$log"
+        # JAX and torch share the GPU: JAX takes at most 45% of its memory up front.
+        XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout 300 "$PY" \
+            benchmarks/peers/imagen_training_sampling.py --peer-python "$PY" --device cuda \
+            --dtype bfloat16 --override stages.base.channels=128 \
+            --override stages.base.train.batch_size=$batch --peer-override num_resnet_blocks=0,1,2 \
+            --peak-tflops "${PEAK_TFLOPS:-989}" --patience 0 --rounds 3 --json \
+            >"$out/peers_imagen_b$batch.json" 2>>"$log" \
+            || { echo "== peers_imagen FAILED" | tee -a "$log"; failed=$((failed + 1)); }
+      done
+      shift ;;
     *) echo "unknown part $1"; exit 2 ;;
   esac
 done

@@ -150,6 +150,15 @@ def loss():
   with amp():
     return imagen(images, text_embeds=text, text_masks=mask, unet_number=unet_number)
 
+with FlopCounterMode(display=False) as flops, torch.no_grad():
+  unet(images[:1], torch.rand(1), text_embeds=text[:1], text_mask=mask[:1],
+       **(dict(lowres_cond_img=images[:1], lowres_noise_times=torch.rand(1)) if sr else {}))
+info = dict(params=sum(p.numel() for p in unet.parameters()), gflops=flops.get_total_flops() / 1e9,
+            imagen_pytorch=version("imagen-pytorch"))
+if cfg["count_only"]:
+  serve(info, {})
+  sys.exit()
+
 train = trainer(unet, loss)
 
 def sample():
@@ -158,13 +167,9 @@ def sample():
     imagen.sample(text_embeds=text[:n], text_masks=mask[:n], cond_scale=1., use_tqdm=False,
                   **extra)
 
-with FlopCounterMode(display=False) as flops, torch.no_grad():
-  unet(images[:1], torch.rand(1), text_embeds=text[:1], text_mask=mask[:1],
-       **(dict(lowres_cond_img=images[:1], lowres_noise_times=torch.rand(1)) if sr else {}))
 for fn in (train, train, sample):  # warm-up
   fn()
-serve(dict(params=sum(p.numel() for p in unet.parameters()), gflops=flops.get_total_flops() / 1e9,
-           imagen_pytorch=version("imagen-pytorch")), {"train": train, "sample": sample})
+serve(info, {"train": train, "sample": sample})
 """
 
 
@@ -192,6 +197,21 @@ def peer_unet(s, text_len, text_dim, sr):
       # Extras jzoo's U-Net does not have.
       attn_pool_text=False, init_cross_embed=False, init_conv_kernel_size=3,
       use_global_context_attn=False, final_resnet_block=False, pixel_shuffle_upsample=False)
+
+
+def parse_peer_overrides(pairs):
+  """["num_resnet_blocks=1,2,2", "attn_heads=4"] -> {"num_resnet_blocks": (1, 2, 2), ...}."""
+  import ast
+  out = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep:
+      sys.exit(f"--peer-override {pair!r}: write KEY=VALUE, e.g. num_resnet_blocks=1,2,2")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def text_embeddings(shape, width):
@@ -233,18 +253,14 @@ def peer_mid_cross_attn(s):
               heads=max(2, s.channels * s.channel_mult[-1] // s.head_dim))
 
 
-def jzoo_side(stage, overrides=()):
-  """(info, train_once, sample_once) for jzoo's stage, compiled."""
+def jzoo_model(stage, overrides=()):
+  """(config, stage settings, sampling steps, model, params, conditioning of SAMPLES images)."""
   import jax
   import jax.numpy as jnp
 
   from jzoo import registry
   from jzoo.models import imagen
-  from jzoo.models.base import count_params
-  from jzoo.parallel import compiler
   config, s, steps = stage_settings(stage, overrides)
-  train_once, batch, train_compile = jzoo_train_step(config, stage)
-
   model = imagen.build(config)
   params = registry.random_params(model, stage, jax.random.PRNGKey(0))
   r, width = int(s.resolution), model.text_encoder.width
@@ -255,6 +271,37 @@ def jzoo_side(stage, overrides=()):
     low = jax.random.uniform(jax.random.PRNGKey(2), (SAMPLES, r // 2, r // 2, 3), minval=-1)
     level = jnp.full((SAMPLES,), float(config.sample.sr_noise_aug))
     cond.update(model._augment(low, (r, r), level, jax.random.PRNGKey(3)))
+  return config, s, steps, model, params, cond
+
+
+def jzoo_counts(stage, overrides=()):
+  """jzoo's U-Net size: {params, gflops (XLA cost analysis of one image's forward), ...}."""
+  import jax
+  import jax.numpy as jnp
+
+  from jzoo.models.base import count_params
+  config, s, steps, model, params, cond = jzoo_model(stage, overrides)
+  r = int(s.resolution)
+  unet = model.unets[stage]
+  one = {k: v[:1] for k, v in cond.items()}
+  extra = {k: one[k] for k in ("low_res", "aug_logsnr") if k in one}
+  forward = jax.jit(lambda p, x: unet.apply({"params": p}, x, jnp.zeros((1,)), one["text"],
+                                            one["mask"], **extra))
+  cost = forward.lower(params, jnp.zeros((1, r, r, 3))).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return dict(params=count_params(params), gflops=cost["flops"] / 1e9, steps=steps,
+              batch=int(s.train.batch_size), resolution=r, text_len=model.text_length,
+              text_dim=model.text_encoder.width, jax=jax.__version__)
+
+
+def jzoo_side(stage, overrides=()):
+  """({batch, compile seconds}, train_once, sample_once) for jzoo's stage, compiled."""
+  import jax
+
+  from jzoo.parallel import compiler
+  config, s, steps, model, params, cond = jzoo_model(stage, overrides)
+  train_once, batch, train_compile = jzoo_train_step(config, stage)
+  r = int(s.resolution)
 
   def sample(p, rng):  # no guidance: one U-Net call per step (unguided=True)
     noise = jax.random.normal(rng, (SAMPLES, r, r, 3))
@@ -267,16 +314,7 @@ def jzoo_side(stage, overrides=()):
   jax.block_until_ready(sample(params, jax.random.PRNGKey(4)))
   sample_compile = time.perf_counter() - t0
 
-  unet = model.unets[stage]
-  extra = {k: cond[k][:1] for k in ("low_res", "aug_logsnr") if k in cond}
-  forward = jax.jit(lambda p, x: unet.apply({"params": p}, x, jnp.zeros((1,)), text[:1], mask[:1],
-                                            **extra))
-  cost = forward.lower(params, jnp.zeros((1, r, r, 3))).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  info = dict(params=count_params(params), gflops=cost["flops"] / 1e9,
-              batch=batch, steps=steps, resolution=r,
-              text_len=model.text_length, text_dim=width, jax=jax.__version__,
-              train_compile_s=train_compile, sample_compile_s=sample_compile)
+  info = dict(batch=batch, train_compile_s=train_compile, sample_compile_s=sample_compile)
   keys = iter(jax.random.split(jax.random.PRNGKey(5), 1000))
   sample_once = lambda: jax.block_until_ready(sample(params, next(keys)))  # noqa: E731
   for call in (train_once, sample_once, sample_once):  # the first runs after a compile are slower
@@ -369,18 +407,46 @@ def main():
                       "(the peer is derived from the overridden stage)")
   p.add_argument("--peak-tflops", type=float, default=None,
                  help="the chip's peak at --dtype (H100 SXM bf16 dense: 989): prints MFU")
+  p.add_argument("--peer-override", action="append", default=[], metavar="KEY=VALUE",
+                 help="an imagen-pytorch Unet argument over the derived one, e.g. "
+                      "num_resnet_blocks=1,2,2 (to match the parameter counts at other widths)")
+  p.add_argument("--peer-mid-attn", default="auto", choices=("auto", "levels", "fixed"),
+                 help="the peer's middle cross-attention: the levels' heads, or its fixed 8 heads "
+                      "of 64 (auto: levels for sr, fixed for base)")
+  p.add_argument("--params-only", action="store_true",
+                 help="build both U-Nets, print their parameters and GFLOPs, time nothing")
   p.add_argument("--json", action="store_true")
   args = p.parse_args()
   load_before = os.getloadavg()
   overrides = list(args.override) + [f"train.dtype={args.dtype}"]
 
-  ours, jzoo_train, jzoo_sample = jzoo_side(args.stage, overrides)
+  ours = jzoo_counts(args.stage, overrides)
   _, s, _ = stage_settings(args.stage, overrides)
-  peer = Peer(args.peer_python, PEER, dict(
-      unet=peer_unet(s, ours["text_len"], ours["text_dim"], args.stage != "base"),
-      mid_cross_attn=peer_mid_cross_attn(s) if args.stage == "sr" else None,
+  unet = dict(peer_unet(s, ours["text_len"], ours["text_dim"], args.stage != "base"),
+              **parse_peer_overrides(args.peer_override))
+  mid = args.peer_mid_attn if args.peer_mid_attn != "auto" else (
+      "levels" if args.stage == "sr" else "fixed")
+  peer_cfg = dict(
+      unet=unet, mid_cross_attn=peer_mid_cross_attn(s) if mid == "levels" else None,
       batch=ours["batch"], samples=SAMPLES, resolution=ours["resolution"], steps=ours["steps"],
-      text_len=ours["text_len"], text_dim=ours["text_dim"], device=args.device, dtype=args.dtype))
+      text_len=ours["text_len"], text_dim=ours["text_dim"], device=args.device, dtype=args.dtype)
+  counted = Peer(args.peer_python, PEER, dict(peer_cfg, count_only=True))
+  counted.close()
+  ratio = counted.info["params"] / ours["params"]
+  sizes = (f"U-Net parameters: jzoo {ours['params']:,}, peer {counted.info['params']:,} "
+           f"(ratio {ratio:.3f}); forward GFLOP/image: jzoo {ours['gflops']:.3f}, "
+           f"peer {counted.info['gflops']:.3f}; peer Unet {json.dumps(unet)}")
+  if args.params_only:
+    print(json.dumps(dict(jzoo=ours, peer=counted.info, param_ratio=ratio, peer_unet=unet))
+          if args.json else sizes)
+    return
+  if not 0.9 <= ratio <= 1.1:  # the issue's matched size; a ratio of unmatched models means little
+    sys.exit(f"{sizes}\nThe parameter counts differ by more than 10%: match them with "
+             "--peer-override num_resnet_blocks=... or --peer-mid-attn (try --params-only first).")
+
+  timing, jzoo_train, jzoo_sample = jzoo_side(args.stage, overrides)
+  ours.update(timing)
+  peer = Peer(args.peer_python, PEER, dict(peer_cfg, count_only=False))
   times = alternate([("jzoo_train", timed(jzoo_train), TRAIN_REPEATS),
                      ("peer_train", lambda: peer.time("train"), TRAIN_REPEATS),
                      ("jzoo_sample", timed(jzoo_sample), 1),
@@ -390,7 +456,7 @@ def main():
   b = {k: best(v) for k, v in times.items()}
   result = dict(
       stage=args.stage, jzoo=ours, peer=peer.info, best=b, all=times,
-      param_ratio=peer.info["params"] / ours["params"],
+      param_ratio=ratio, peer_unet=unet,
       train_speedup=b["peer_train"]["seconds"] / b["jzoo_train"]["seconds"],
       sample_speedup=b["peer_sample"]["seconds"] / b["jzoo_sample"]["seconds"],
       load_avg_before=load_before, load_avg_after=os.getloadavg(), overrides=overrides,
