@@ -101,12 +101,13 @@ def get_config(arg=None):
                              temporal_layers=2, codebook_size=1024, code_dim=16,
                              max_time_tokens=16, train=_train(2742, 32, 1e-3, 200))
     c.transformer = _transformer(width=128, num_layers=4, num_heads=4, head_dim=32, mlp_dim=384,
-                                 train=_train(2188, 64, 1e-3, 200))
+                                 text_positions=True, train=_train(2188, 64, 1e-3, 200))
     # The bundled phenaki-tiny-shapes (docs/models/phenaki-tiny-shapes.md): the text encoder
     # trained on a 2-core CPU; tokenizer and transformer on one H200, with these steps chosen by
     # `--fit-minutes` for 3.23 and 4.57 minutes; the transformer then went 818, 2,626 and 1,724
     # steps more (three fine-tuning runs from the previous export at lr 3e-4, --init-from; the
-    # last two on one H100).
+    # last two on one H100), all without text positions; then 1,160 steps on the CPU with the
+    # text position embedding added (fresh, the rest from the previous export).
     c.sample = _sample(steps=12, guidance=2.0)
 
   else:  # paper
