@@ -57,8 +57,14 @@ def test_gradient_matches_lpips_under_jit(golden, params, size):
   y = _images(golden["y" + size])
   grad = jax.jit(jax.grad(lambda x: lpips.lpips(x, y, params).sum()))(_images(golden["x" + size]))
   ref = golden["grad" + size]
-  # Measured max diff 2.8e-9, 5.9e-6 of the largest gradient entry.
-  np.testing.assert_allclose(np.asarray(grad), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+  # In L2 norm, not elementwise: a ReLU whose pre-activation is within rounding of zero falls
+  # on either side with the CPU's convolution kernels. The 48x40 pair has one, relu3_1
+  # channel 78 at (11, 2): +2.8e-7 in float32 on a Zen 3, +8e-9 in float64 from the same
+  # float32 input, -4.8e-8 from the exact one. Switched on (Zen 3) it moves the gradient by
+  # 3.5e-3 in L2 norm and 1.3% of the largest entry, in a 14x20-pixel patch; switched off
+  # (an AVX-512 Xeon, as lpips) the max diff was 5.9e-6 of the largest entry. A wrong
+  # pooling, normalisation or lin layout is off by O(1).
+  assert np.linalg.norm(np.asarray(grad) - ref) < 1e-2 * np.linalg.norm(ref)
 
 
 def test_zero_on_itself_and_symmetric(golden, params):
