@@ -4,6 +4,7 @@ import os
 
 import nbformat
 import pytest
+from conftest import FAST_COMPILE
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,7 +15,7 @@ NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks")) if f.e
 def test_notebook_runs(name, tmp_path, monkeypatch):
   monkeypatch.setenv("JZOO_NOTEBOOK_FAST", "1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one device, as in Colab
+  monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)  # one device, as in Colab
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
