@@ -110,6 +110,24 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def gather_rows(table, ids):
+  """table[ids] from the whole table, all-gathered first like any FSDP weight.
+
+  From a table sharded on vocab (tensor) and embed (fsdp) into batch-sharded rows, the SPMD
+  partitioner has no efficient plan: it warns "Involuntary full rematerialization" and
+  replicates the gather's output and its gradient instead."""
+  return jnp.take(nn.with_logical_constraint(table, (None, None)), ids, axis=0)
+
+
+class Embed(nn.Embed):
+  """`nn.Embed` (the same "embedding" parameter) whose lookup is `gather_rows`."""
+
+  def __call__(self, inputs):
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError(f"Embed takes integer ids, got {inputs.dtype}")
+    return gather_rows(jnp.asarray(self.embedding, self.dtype), inputs)
+
+
 def add_text_positions(module, context):
   """`context` [B, L, D] plus a learned embedding per text position, a parameter
   "text_position" [L, D] of the calling (compact) `module`.

@@ -41,6 +41,7 @@ import numpy as np
 
 from jzoo.errors import ConfigError
 from jzoo.nn.attention import HeadsProjection, OutProjection
+from jzoo.nn.layers import gather_rows
 
 _LARGE_NEGATIVE = -1e10  # t5x's attention mask bias; finite so all-pad rows stay finite.
 
@@ -167,7 +168,7 @@ class Embed(nn.Module):
                             (self.num_embeddings, self.features), ("vocab", "embed"))
 
   def __call__(self, tokens):
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+    return gather_rows(jnp.asarray(self.embedding, self.dtype), tokens)
 
   def attend(self, x):
     return jnp.einsum("...d,vd->...v", x, jnp.asarray(self.embedding, self.dtype))
