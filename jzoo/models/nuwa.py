@@ -195,16 +195,13 @@ class NUWATransformer(nn.Module):
 
   def setup(self):
     e, heads = self.width, heads_for(self.width, self.head_dim)
-    emb_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
     pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
-    self.text_embedding = layers.Embed(self.vocab_size, e, dtype=self.dtype, param_dtype=jnp.float32,
-                                   embedding_init=emb_init)
+    self.text_embedding = layers.Embed(self.vocab_size, e, dtype=self.dtype)
     self.text_position = self.param("text_position", pos_init, (self.text_length, e))
     self.text_encoder = Transformer(self.encoder_layers, heads, self.head_dim, self.mlp_dim,
                                     dropout=self.dropout, remat=self.remat, dtype=self.dtype)
     # Codes plus a begin-of-sequence id (`codebook_size`) that precedes the first token.
-    self.code_embedding = layers.Embed(self.codebook_size + 1, e, dtype=self.dtype,
-                                   param_dtype=jnp.float32, embedding_init=emb_init)
+    self.code_embedding = layers.Embed(self.codebook_size + 1, e, dtype=self.dtype)
     t, h, w = self.grid
     self.position_time = self.param("position_time", pos_init, (t, e))
     self.position_height = self.param("position_height", pos_init, (h, e))

@@ -56,10 +56,8 @@ class MaskGITTransformer(nn.Module):
     b, t, h, w = tokens.shape
     if t > self.max_time_tokens:
       raise ValueError(f"{t} time tokens exceed the transformer's {self.max_time_tokens}")
-    embed = layers.Embed(self.codebook_size + 1, self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                 ("vocab", "embed")),
-                     name="token_embedding")
+    embed = layers.Embed(self.codebook_size + 1, self.width, dtype=self.dtype,
+                         name="token_embedding")
     x = embed(tokens)
     # Factorised learned positions: time + row + column.
     pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))

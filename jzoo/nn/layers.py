@@ -120,7 +120,10 @@ def gather_rows(table, ids):
 
 
 class Embed(nn.Embed):
-  """`nn.Embed` (the same "embedding" parameter) whose lookup is `gather_rows`."""
+  """`nn.Embed` (the same "embedding" parameter) whose lookup is `gather_rows`; by default the
+  table starts at N(0, 0.02) and is partitioned ("vocab", "embed")."""
+  embedding_init: Any = nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                     ("vocab", "embed"))
 
   def __call__(self, inputs):
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
