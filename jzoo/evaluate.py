@@ -36,6 +36,9 @@ def build_parser():
                  "written by python -m jzoo.export")
   p.add_argument("--split", default="test", help=f"captions to evaluate on: {' or '.join(SPLITS)}")
   p.add_argument("--num", type=int, default=64, help="number of captions (the split's first N)")
+  p.add_argument("--first", type=int, default=0,
+                 help="index of the first caption (tune settings on captions the scores skip, "
+                 "e.g. --first 500 against the cards' first 500)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
   p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
@@ -53,14 +56,17 @@ def build_parser():
   return p
 
 
-def _check_request(split, num, dataset):
+def _check_request(split, num, dataset, first=0):
   if split not in SPLITS:
     raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
   limit = shapes.split_size(dataset, split)
   if not isinstance(num, (int, np.integer)) or num <= 0:
     raise UserError(f"--num must be a positive integer, got {num}")
-  if num > limit:
-    raise UserError(f"--num {num} is more than the {limit} examples of {dataset}/{split}")
+  if not isinstance(first, (int, np.integer)) or first < 0:
+    raise UserError(f"--first must be a non-negative integer, got {first}")
+  if first + num > limit:
+    raise UserError(f"--first {first} --num {num} runs past the {limit} examples of "
+                    f"{dataset}/{split}; lower one of them")
 
 
 def _scene(dataset, split, index, output_shape):
@@ -86,8 +92,8 @@ def _found(result):
 
 
 def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
-             *, batch_size=16, name=None, fid_params=None, clip=None):
-  """Generates for the first `num` captions of `split`, scores them; returns the report dict.
+             *, batch_size=16, name=None, fid_params=None, clip=None, first=0):
+  """Generates for `num` captions of `split` from index `first`, scores them; returns the report.
 
   model/params as from `jzoo.sample.load_model_and_params`. With `out_dir`,
   also writes report.json, report.md and grid.png there (report["files"]).
@@ -102,11 +108,11 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
 
   video = model.task == TEXT_TO_VIDEO
   dataset = "moving_shapes" if video else "shapes"
-  _check_request(split, num, dataset)
+  _check_request(split, num, dataset, first)
   output_shape = tuple(int(v) for v in model.output_shape)
   if output_shape[-1] != output_shape[-2]:
     raise UserError(f"the shapes datasets are square; this model makes {output_shape} samples")
-  scenes = [_scene(dataset, split, i, output_shape) for i in range(num)]
+  scenes = [_scene(dataset, split, first + i, output_shape) for i in range(num)]
   captions = [s["caption"] for s in scenes]
   outputs = sample.generate(model, params, captions, num=1, seed=seed, steps=steps, guidance=guidance,
                             batch_size=batch_size, story=False)
@@ -128,7 +134,7 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
 
   options = model.default_request_options()
   report = dict(
-      model=name, task=model.task, dataset=dataset, split=split, num=num, seed=seed,
+      model=name, task=model.task, dataset=dataset, split=split, first=first, num=num, seed=seed,
       steps=options["steps"] if steps is None else steps,
       guidance=options["guidance"] if guidance is None else guidance,
       output_shape=list(outputs[0].shape[:-1]),
@@ -159,7 +165,7 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
                + (" + motion" if video else ""))
   report["samples"] = [dict(index=i, caption=c, form=f, correct=r["correct"], attributes=r["attributes"],
                             found=_found(r))
-                       for i, (c, f, r) in enumerate(zip(captions, forms, results))]
+                       for i, (c, f, r) in enumerate(zip(captions, forms, results), start=first)]
   if out_dir is not None:
     report["files"] = report_lib.write(out_dir, report, outputs, results)
   return report
@@ -210,6 +216,8 @@ def main(argv=None):
     value = getattr(args, flag)
     if value is not None and value <= 0:
       raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+  if args.first < 0:
+    raise UserError(f"--first must be a non-negative integer, got {args.first}")
   if args.guidance is not None and not math.isfinite(args.guidance):
     raise UserError(f"--guidance must be a finite number, got {args.guidance}")
   # A --checkpoint is named by its path: --model is then only the config of a training dir.
@@ -232,7 +240,8 @@ def main(argv=None):
   from jzoo import sample
   model, params = sample.load_model_and_params(args)
   report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
-                    batch_size=args.batch_size, name=name, fid_params=fid_params, clip=clip)
+                    batch_size=args.batch_size, name=name, fid_params=fid_params, clip=clip,
+                    first=args.first)
   if args.json:
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
   else:

@@ -1,5 +1,8 @@
 """Scores a model's sampling settings on `test` prompts, one JSON line per setting.
 
+The prompts are `test` captions 500, 501, ... (`--first`, default 500): the cards score the
+first 500, so settings chosen here are not fitted to the captions they are reported on.
+
   python scripts/sweep_sampling.py runs/phenaki-tiny 64 temperature=1,guidance=2,steps=12 \
       temperature=0.5,guidance=4,steps=12
   python scripts/sweep_sampling.py nuwa-tiny-shapes 64 top_k=8 top_k=32,temperature=0.7
@@ -11,9 +14,9 @@ differ by family). Used to pick the sampling defaults that
 `python -m jzoo.export --config.sample.*` bundles.
 """
 
+import argparse
 import json
 import os
-import sys
 
 from jzoo import api
 from jzoo import config as config_lib
@@ -21,7 +24,7 @@ from jzoo import evaluate as evaluate_lib
 from jzoo import registry
 
 
-def main(model_ref, num, *settings):
+def main(model_ref, num, *settings, first=500):
   # A directory is loaded as `--checkpoint` is (its own config.json decides the model).
   is_dir = os.path.isdir(model_ref)
   loaded, params = api.load(registry.DEFAULT_MODEL if is_dir else model_ref,
@@ -30,10 +33,17 @@ def main(model_ref, num, *settings):
     overrides = [f"sample.{kv}" for kv in setting.split(",")]
     # Sampling settings never change the parameters.
     model = registry.build_model(config_lib.with_overrides(loaded.config, overrides))
-    r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0)
-    print(json.dumps(dict(setting=setting, accuracy=r["accuracy"], attributes=r["attributes"],
+    r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0, first=first)
+    print(json.dumps(dict(setting=setting, first=first, num=int(num), accuracy=r["accuracy"],
+                          attributes=r["attributes"],
                           forms={k: v["accuracy"] for k, v in r["forms"].items()})), flush=True)
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("model")
+  parser.add_argument("num", type=int)
+  parser.add_argument("settings", nargs="+")
+  parser.add_argument("--first", type=int, default=500, help="index of the first test caption")
+  args = parser.parse_args()
+  main(args.model, args.num, *args.settings, first=args.first)

@@ -168,12 +168,24 @@ def test_evaluate_adds_fid_and_clip_score():
   assert "fid" not in evaluate_lib.evaluate(model, {}, "test", 2)
 
 
-@pytest.mark.parametrize("split,num,message", [("train", 4, "unknown split"), ("test", 0, "positive"),
-                                               ("test", 2001, "more than the 2000")])
-def test_evaluate_rejects_bad_requests(split, num, message):
+def test_evaluate_from_a_later_caption_scores_those_captions():
+  # Settings are tuned on captions the cards' scores (the first 500) skip: `first` moves the window.
+  model = FakeModel(TEXT_TO_IMAGE, (32, 32), "test", 9, corrupt={4, 7})
+  report = evaluate_lib.evaluate(model, {}, "test", 5, first=3)
+  want = _expected(model, 8)[3:]
+  assert [s["index"] for s in report["samples"]] == [3, 4, 5, 6, 7]
+  assert [s["caption"] for s in report["samples"]] == [model._scene(i)["caption"] for i in range(3, 8)]
+  assert [s["correct"] for s in report["samples"]] == want and report["first"] == 3
+  assert report["correct"] == sum(want) < 5
+
+
+@pytest.mark.parametrize("split,num,first,message", [
+    ("train", 4, 0, "unknown split"), ("test", 0, 0, "positive"), ("test", 2001, 0, "runs past the 2000"),
+    ("test", 2, 1999, "runs past the 2000"), ("test", 2, -1, "non-negative")])
+def test_evaluate_rejects_bad_requests(split, num, first, message):
   model = FakeModel(TEXT_TO_IMAGE, (32, 32), "test", 1, corrupt=())
   with pytest.raises(UserError, match=message):
-    evaluate_lib.evaluate(model, {}, split, num)
+    evaluate_lib.evaluate(model, {}, split, num, first=first)
 
 
 def run_main(argv, capsys):
@@ -184,6 +196,7 @@ def run_main(argv, capsys):
     (["--model", "nosuch"], "unknown model 'nosuch'"),
     (["--model", "imagen-micro", "--split", "train"], "unknown split 'train'"),
     (["--model", "imagen-micro", "--num", "0"], "--num must be a positive integer"),
+    (["--model", "imagen-micro", "--first", "-3"], "--first must be a non-negative integer"),
     (["--model", "imagen-micro", "--steps", "-1"], "--steps must be a positive integer"),
     (["--model", "imagen-micro", "--fid-weights", "/no/such.pth"], "/no/such.pth"),
     (["--model", "imagen-micro", "--clip", "/no/such/clip"], "no such CLIP folder"),
