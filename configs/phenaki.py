@@ -109,7 +109,8 @@ def get_config(arg=None):
     # last two on one H100), all without text positions; then 1,160 steps on the CPU with the
     # text position embedding added (fresh, the rest from the previous export).
     # Sampling chosen on held-out test captions 500-699 (scripts/sweep_sampling.py): 24 steps at
-    # token temperature 0.3 with less confidence noise drew fewer blobs than 12 steps at 0.5.
+    # token temperature 0.3 with less confidence noise scored 0.845 there against 0.785 for 12 steps
+    # at 0.5 (docs/models/phenaki-tiny-shapes.md).
     c.sample = _sample(steps=24, guidance=2.0, temperature=0.3, choice_temperature=2.0)
 
   else:  # paper
