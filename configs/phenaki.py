@@ -107,10 +107,11 @@ def get_config(arg=None):
     # `--fit-minutes` for 3.23 and 4.57 minutes; the transformer then went 818, 2,626 and 1,724
     # steps more (three fine-tuning runs from the previous export at lr 3e-4, --init-from; the
     # last two on one H100), all without text positions; then 1,160 steps on the CPU with the
-    # text position embedding added (fresh, the rest from the previous export).
+    # text position embedding added (fresh, the rest from the previous export), then 900 more.
     # Sampling chosen on held-out test captions 500-699 (scripts/sweep_sampling.py): 24 steps at
     # token temperature 0.3 with less confidence noise scored 0.845 there against 0.785 for 12 steps
-    # at 0.5 (docs/models/phenaki-tiny-shapes.md).
+    # at 0.5; 48 steps at temperature 0.1 ties it on captions 700-1099 at twice the time
+    # (docs/models/phenaki-tiny-shapes.md).
     c.sample = _sample(steps=24, guidance=2.0, temperature=0.3, choice_temperature=2.0)
 
   else:  # paper
