@@ -110,7 +110,7 @@ def get_config(arg=None):
     # text position embedding added (fresh, the rest from the previous export), then 900 more.
     # Sampling chosen on held-out test captions 500-699 (scripts/sweep_sampling.py): 24 steps at
     # token temperature 0.3 with less confidence noise scored 0.845 there against 0.785 for 12 steps
-    # at 0.5; 48 steps at temperature 0.1 ties it on captions 700-1099 at twice the time
+    # at 0.5; 48 steps at temperature 0.1 ties it on captions 700-1099 with twice the steps
     # (docs/models/phenaki-tiny-shapes.md).
     c.sample = _sample(steps=24, guidance=2.0, temperature=0.3, choice_temperature=2.0)
 
