@@ -40,6 +40,8 @@ def _tokenizer(**kw):
       adversarial_weight=0.0, adversarial_start=0, discriminator_channels=64,
       discriminator_layers=3,
       max_time_tokens=64,     # longest clip (in time tokens) the position table covers
+      cache="",               # a folder of the train clips' codes (python -m jzoo.cache_codes): the
+                              # transformer then trains on them, without the tokenizer or pixels
       train=_train(100_000, 64, 1e-4, 10_000),
   ))
   t.update(kw)

@@ -40,9 +40,12 @@ def collate(examples, tokenizer, text_length, text_cache=None):
   tokens and mask, or with a jzoo.text.cache.TextEmbeddingCache their cached embeddings ("text")
   and mask."""
   batch = {}
-  key = "video" if "video" in examples[0] else "image"
-  pixels = np.stack([ex[key] for ex in examples]).astype(np.float32)
-  batch[key] = pixels / 127.5 - 1.0
+  if "codes" in examples[0]:  # a jzoo.vq.code_cache.CodeCache: a frozen tokenizer's codes
+    batch["codes"] = np.stack([ex["codes"] for ex in examples]).astype(np.int32)
+  else:
+    key = "video" if "video" in examples[0] else "image"
+    pixels = np.stack([ex[key] for ex in examples]).astype(np.float32)
+    batch[key] = pixels / 127.5 - 1.0
   captions = [ex["caption"] for ex in examples]
   if text_cache is not None:
     batch["text"], batch["mask"] = text_cache.lookup(captions)

@@ -44,6 +44,9 @@ class DataSpec:
   # > 0: batches carry the captions' precomputed frozen embeddings ("text" [B, L, text_width],
   # from the text-embedding cache the config names) instead of their tokens.
   text_width: int = 0
+  # Non-empty: batches carry a frozen tokenizer's precomputed codes ("codes" int32 [B, *codes],
+  # from the code cache the config names) instead of pixels.
+  codes: tuple = ()
 
 
 @dataclasses.dataclass

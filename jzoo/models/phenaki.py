@@ -124,8 +124,22 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:  # only the captions matter: the smallest clips render fastest
       return DataSpec("moving_shapes", int(self.config.text_encoder.resolution), 2,
                       self.text_length)
+    if stage == TOKENIZER:
+      return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
     return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length,
-                    self.text_encoder.cached_width(stage) if stage == TRANSFORMER else 0)
+                    self.text_encoder.cached_width(stage),
+                    codes=self.code_grid if self.codes_cached else ())
+
+  @property
+  def codes_cached(self):
+    """True when the transformer trains on precomputed codes (`tokenizer.cache`, a folder written
+    by python -m jzoo.cache_codes): its train step then holds no tokenizer."""
+    return bool(self.config.tokenizer.get("cache", ""))
+
+  @property
+  def code_grid(self):
+    """Codes per clip: (time, height, width) tokens."""
+    return (self.time_tokens, self.grid, self.grid)
 
   @property
   def output_shape(self):
@@ -135,7 +149,7 @@ class Phenaki(Model):
   def frozen_stages(self, stage):
     self._check_stage(stage)
     if stage == TRANSFORMER:
-      return self.text_encoder.frozen_stages() + (TOKENIZER,)
+      return self.text_encoder.frozen_stages() + (() if self.codes_cached else (TOKENIZER,))
     return self.tokenizer_frozen() if stage == TOKENIZER else ()
 
   # --- training --------------------------------------------------------------
@@ -146,7 +160,7 @@ class Phenaki(Model):
     if stage == TOKENIZER:
       return self.init_tokenizer(rng, batch["video"])
     b, length = batch["mask"].shape
-    tokens = jnp.zeros((b, self.time_tokens, self.grid, self.grid), jnp.int32)
+    tokens = jnp.zeros((b, *self.code_grid), jnp.int32)
     text = jnp.zeros((b, length, self.text_encoder.width), self.dtype)
     return self.transformer.init(rng, tokens, text, batch["mask"])
 
@@ -163,7 +177,10 @@ class Phenaki(Model):
     text = self.text_encoder.embeddings(frozen, batch)
     text_mask = guidance_lib.drop_condition(drop_rng, batch["mask"],
                                             float(self.config.transformer.text_drop))
-    codes = jax.lax.stop_gradient(self.encode_video(frozen[TOKENIZER], batch["video"]))
+    if "codes" in batch:  # precomputed by the frozen tokenizer (jzoo.vq.code_cache)
+      codes = batch["codes"]
+    else:
+      codes = jax.lax.stop_gradient(self.encode_video(frozen[TOKENIZER], batch["video"]))
     b = codes.shape[0]
     flat = codes.reshape(b, -1)
     masked = maskgit.training_mask(mask_rng, jnp.zeros(flat.shape, bool))
@@ -250,7 +267,7 @@ class Phenaki(Model):
     """One clip of `tokenizer.frames` frames; its first time tokens are `prefix` if given."""
     text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
     b = tokens.shape[0]
-    grid = (self.time_tokens, self.grid, self.grid)
+    grid = self.code_grid
     given_tokens = jnp.zeros((b, *grid), jnp.int32)
     given = jnp.zeros((b, *grid), bool)
     if prefix is not None:

@@ -295,6 +295,18 @@ def open_text_cache(model, spec, workdir, config):
   return cache
 
 
+def open_code_cache(spec, dataset, workdir, config):
+  """The code cache a stage reads instead of its frozen tokenizer's encoder and the pixels, or
+  None; checked against the model's code grid, codebook, dataset and tokenizer weights."""
+  if not spec.codes:
+    return None
+  from jzoo.vq import code_cache
+  cache = code_cache.CodeCache(config.tokenizer.cache)
+  cache.check(grid=spec.codes, codebook_size=int(config.tokenizer.codebook_size), dataset=dataset,
+              origin=code_cache.tokenizer_origin(workdir, "tokenizer", config))
+  return cache
+
+
 def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True,
                        max_minutes=None, fit_minutes=None):
   """Trains `config.stage` of `config.model` into `workdir/<stage>/`, resuming if checkpoints exist.
@@ -330,7 +342,9 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
-  source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
+  source = open_code_cache(spec, dataset, workdir, config)
+  if source is None:
+    source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
   tokenizer = Tokenizer.load(config.text.tokenizer)
   text_cache = open_text_cache(model, spec, workdir, config)
   frozen, frozen_shardings = trainer.load_frozen(workdir)
