@@ -172,9 +172,11 @@ def export_bundle(model_dir, name, stages, config, out_dir=None):
     # float16 on disk keeps bundled models a few MB; they load back as float32.
     tree_files.save_tree(os.path.join(out_dir, f"{stage}.safetensors"),
                          stage_params(model_dir, stage, config), dtype=np.float16)
-  # Every stage is in the bundle: it stands alone.
+  # Every stage is in the bundle: it stands alone, without the training machine's exports and
+  # caches.
   config = config_lib.with_overrides(
-      config, [f"train.{k}=" for k in ("init_from", "frozen_from") if config.train.get(k)])
+      config, [f"train.{k}=" for k in ("init_from", "frozen_from") if config.train.get(k)]
+      + [f"{s}.cache=" for s in ("text_encoder", "tokenizer") if config.get(s, {}).get("cache")])
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   return out_dir

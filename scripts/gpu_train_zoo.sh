@@ -10,6 +10,9 @@
 #   FRESH="phenaki"  only the last stage, from scratch, over the export's other stages
 #                    (--frozen-from)
 #   TUNE="nuwa"      the last stage fine-tuned from the export (--init-from), at lr 3e-4
+#   CODES="phenaki"  the transformer trains on the tokenizer's precomputed codes of CODE_CLIPS
+#                    (default 200000) train clips (python -m jzoo.cache_codes, CODE_WORKERS
+#                    rendering processes, default 12) instead of rendering and encoding clips
 # "The export" is SOURCES/<model>-tiny-shapes when SOURCES holds one (the exports of an earlier
 # run), else the bundled model. OVERRIDES_<model>="--config.KEY=VALUE ..." adds config overrides
 # to the last stage (e.g. OVERRIDES_phenaki=--config.transformer.text_positions=True).
@@ -81,8 +84,20 @@ run_imagen() {
 run_phenaki() {
   whole phenaki && train phenaki tokenizer 32 "$(minutes_until 60 0.45)" \
       --frozen-from "$(source_of phenaki)"
-  last phenaki transformer 64 $(whole phenaki && echo --frozen-from "$(source_of phenaki)")
-  finish phenaki --config.sample.temperature=0.5
+  local codes=()
+  if listed "${CODES:-}" phenaki; then  # the transformer reads precomputed codes, not pixels
+    echo "== phenaki/code_cache ($(date +%T)): ${CODE_CLIPS:-200000} clips" | tee -a "$out/all.log"
+    # The tokenizer: the one trained above when there is one, else the export's.
+    "$PY" -m jzoo.cache_codes --config phenaki:tiny_shapes --workdir "$work/phenaki" \
+        --out "$work/phenaki/code_cache" --limit "${CODE_CLIPS:-200000}" --batch-size 256 \
+        --workers "${CODE_WORKERS:-12}" --config.train.frozen_from="$(source_of phenaki)" \
+        >>"$out/phenaki.log" 2>&1 && codes=(--config.tokenizer.cache="$work/phenaki/code_cache")
+    echo "== phenaki/code_cache: ${codes[*]:-FAILED, training on pixels} ($(date +%T))" \
+        | tee -a "$out/all.log"
+  fi
+  last phenaki transformer 64 $(whole phenaki && echo --frozen-from "$(source_of phenaki)") \
+      "${codes[@]}"
+  finish phenaki
 }
 
 rm -rf "$work"; mkdir -p "$work"

@@ -95,6 +95,10 @@ def test_a_transformer_on_cached_codes_sees_the_same_loss_and_holds_no_tokenizer
   assert "tokenizer" not in Trainer(with_cache, mesh).frozen_abstract()[0]
   _train(with_cache, workdir)
   assert checkpoint.latest_step(workdir, "transformer") == STEPS
+  bundle = os.path.join(workdir, "export")  # stands alone: no path of this machine's cache
+  registry.export_bundle(workdir, "phenaki-micro", cached_model.stages, with_cache, bundle)
+  with open(os.path.join(bundle, "config.json")) as f:
+    assert json.load(f)["tokenizer"]["cache"] == ""
 
 
 def test_a_stale_or_foreign_cache_is_refused(cached, tmp_path):
