@@ -52,6 +52,8 @@ def bench_training(config, stage, steps):
       x = rng.integers(3, 300, v.shape).astype(np.int32)
     elif k == "mask":
       x = np.ones(v.shape, np.int32)
+    elif k == "codes":  # a tokenizer's cached codes (any codebook has ids 0 and 1)
+      x = rng.integers(0, 2, v.shape).astype(np.int32)
     else:
       x = rng.uniform(-1, 1, v.shape).astype(np.float32)
     batch[k] = jax.device_put(x, trainer.batch_shardings[k])
