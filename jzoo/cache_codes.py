@@ -83,7 +83,8 @@ def main(argv=None):
     meta = code_cache.build(out, source, count, encode, model.code_grid,
                             int(config.tokenizer.codebook_size), batch_size=args.batch_size,
                             read=read, dataset=dataset, split="train",
-                            origin=code_cache.tokenizer_origin(args.workdir, stage, config))
+                            origin=registry.stage_origin(args.workdir, stage, config,
+                                                        code_cache.FROZEN_FROM))
   finally:
     if pool is not None:
       pool.close()

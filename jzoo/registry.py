@@ -138,6 +138,22 @@ def init_folder(config, keys=("init_from", "frozen_from")):
   return source
 
 
+def stage_origin(model_dir, stage, config, otherwise):
+  """Which weights a frozen `stage` has for a model in `model_dir`, in words (its latest checkpoint
+  there, else the export `train.init_from`/`frozen_from` names): a cache of what the stage
+  computes records it, and training checks it, so a retrained stage's cache is not read by
+  mistake. `otherwise`: how else to give the stage, for the error when it has neither."""
+  from jzoo.training import checkpoint
+  step = checkpoint.latest_step(model_dir, stage)
+  if step is not None:
+    return f"{stage} checkpoint step {step}"
+  folder = init_folder(config)
+  if folder:
+    return "export " + os.path.abspath(folder)
+  raise CheckpointError(f"no {stage} checkpoint in {os.path.abspath(model_dir)}; train it first "
+                        f"(--config.stage={stage}) or {otherwise}")
+
+
 def load_exported_stage(folder, stage):
   """One stage's params from an export folder, or None when it has none."""
   path = os.path.join(folder, f"{stage}.safetensors")

@@ -65,15 +65,8 @@ class FrozenTextEncoder:
     if self.imported:
       return "weights " + os.path.abspath(os.path.expanduser(str(self.config.weights)))
     from jzoo import registry
-    from jzoo.training import checkpoint
-    step = checkpoint.latest_step(model_dir, TEXT_ENCODER)
-    if step is not None:
-      return f"{TEXT_ENCODER} checkpoint step {step}"
-    folder = registry.init_folder(config)
-    if folder:
-      return "export " + os.path.abspath(folder)
-    raise CheckpointError(f"no {TEXT_ENCODER} checkpoint in {os.path.abspath(model_dir)}; train it "
-                          f"first (--config.stage={TEXT_ENCODER}) or set --config.text_encoder.weights")
+    return registry.stage_origin(model_dir, TEXT_ENCODER, config,
+                                 "set --config.text_encoder.weights")
 
   def init(self, rng, tokens, mask):
     return self.module.init(rng, tokens, mask)

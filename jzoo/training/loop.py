@@ -303,7 +303,8 @@ def open_code_cache(spec, dataset, workdir, config):
   from jzoo.vq import code_cache
   cache = code_cache.CodeCache(config.tokenizer.cache)
   cache.check(grid=spec.codes, codebook_size=int(config.tokenizer.codebook_size), dataset=dataset,
-              origin=code_cache.tokenizer_origin(workdir, "tokenizer", config))
+              origin=registry.stage_origin(workdir, "tokenizer", config,
+                                            code_cache.FROZEN_FROM))
   return cache
 
 

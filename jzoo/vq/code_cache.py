@@ -21,9 +21,11 @@ import os
 
 import numpy as np
 
-from jzoo.errors import CheckpointError, DataError
+from jzoo.errors import DataError
 
 META, CAPTIONS, CODES = "meta.json", "captions.json", "codes.npy"
+# How else a model gets its frozen tokenizer: the end of the error when it has none.
+FROZEN_FROM = "start from an export (--config.train.frozen_from=EXPORT)"
 
 
 def build(directory, source, count, encode, grid, codebook_size, *, batch_size=64, read=None,
@@ -68,21 +70,6 @@ def build(directory, source, count, encode, grid, codebook_size, *, batch_size=6
   with open(os.path.join(directory, META), "w") as f:
     json.dump(meta, f, indent=2)
   return meta
-
-
-def tokenizer_origin(model_dir, stage, config):
-  """Which weights the frozen tokenizer `stage` has for a model in `model_dir`, in words: its
-  latest checkpoint there, else the export `train.init_from`/`frozen_from` names."""
-  from jzoo import registry
-  from jzoo.training import checkpoint
-  step = checkpoint.latest_step(model_dir, stage)
-  if step is not None:
-    return f"{stage} checkpoint step {step} in {os.path.abspath(model_dir)}"
-  folder = registry.init_folder(config)
-  if folder:
-    return "export " + os.path.abspath(folder)
-  raise CheckpointError(f"no {stage} checkpoint in {os.path.abspath(model_dir)}; train it first "
-                        f"(--config.stage={stage}) or start from an export (--frozen-from)")
 
 
 class CodeCache:
