@@ -59,8 +59,8 @@ def main(argv=None):
 
   config = config_lib.load(args.config, overrides)
   model = registry.build_model(config)
-  stage = next((s for s in model.stages if s == "tokenizer"), None)
-  if stage is None or not hasattr(model, "code_grid"):
+  stage = "tokenizer"
+  if stage not in model.stages or not hasattr(model, "code_grid"):
     raise UserError(f"{config.get('config_ref', args.config)} has no frozen tokenizer whose codes "
                     "a later stage trains on")
   spec = model.data_spec(stage)

@@ -35,6 +35,12 @@ class _PermutationCache:
     return int(self._perm[offset])
 
 
+def pixels_of(examples):
+  """(key, float32 pixels in [-1, 1]) of a list of {image|video uint8, ...} examples."""
+  key = "video" if "video" in examples[0] else "image"
+  return key, np.stack([ex[key] for ex in examples]).astype(np.float32) / 127.5 - 1.0
+
+
 def collate(examples, tokenizer, text_length, text_cache=None):
   """List of {image|video uint8, caption} -> numpy batch: pixels in [-1, 1], the captions'
   tokens and mask, or with a jzoo.text.cache.TextEmbeddingCache their cached embeddings ("text")
@@ -43,9 +49,8 @@ def collate(examples, tokenizer, text_length, text_cache=None):
   if "codes" in examples[0]:  # a jzoo.vq.code_cache.CodeCache: a frozen tokenizer's codes
     batch["codes"] = np.stack([ex["codes"] for ex in examples]).astype(np.int32)
   else:
-    key = "video" if "video" in examples[0] else "image"
-    pixels = np.stack([ex[key] for ex in examples]).astype(np.float32)
-    batch[key] = pixels / 127.5 - 1.0
+    key, pixels = pixels_of(examples)
+    batch[key] = pixels
   captions = [ex["caption"] for ex in examples]
   if text_cache is not None:
     batch["text"], batch["mask"] = text_cache.lookup(captions)

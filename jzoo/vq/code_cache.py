@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from jzoo.data.pipeline import pixels_of
 from jzoo.errors import DataError
 
 META, CAPTIONS, CODES = "meta.json", "captions.json", "codes.npy"
@@ -47,8 +48,7 @@ def build(directory, source, count, encode, grid, codebook_size, *, batch_size=6
   for start in range(0, count, batch_size):
     stop = min(start + batch_size, count)
     examples = read(range(start, stop))
-    key = "video" if "video" in examples[0] else "image"
-    pixels = np.stack([ex[key] for ex in examples]).astype(np.float32) / 127.5 - 1.0
+    _, pixels = pixels_of(examples)
     pad = batch_size - (stop - start)
     chunk = np.asarray(encode(np.pad(pixels, ((0, pad),) + ((0, 0),) * (pixels.ndim - 1))))
     chunk = chunk[:stop - start]
