@@ -66,6 +66,8 @@ def _sample(**kw):
       steps=12, guidance=3.0,   # MaskGIT decoding steps and classifier-free guidance (traced)
       temperature=1.0,          # token sampling temperature
       choice_temperature=4.5,   # Gumbel noise on the confidences, annealed to 0 over the steps
+      candidates=1,             # samples drawn per prompt; the one its text explains best is kept
+                                # (maskgit.text_match; K times the transformer calls)
       story_context=1,          # story mode: time tokens of the previous segment's end re-encoded
                                 # as the start of the next (1 = its last frame)
   ))

@@ -142,6 +142,58 @@ def test_decode_with_traced_steps_compiles_once():
   assert len(traces) == 1
 
 
+def test_mean_log_likelihood_scores_the_free_tokens_from_a_masked_canvas():
+  b, n, v = 3, 12, 5
+  logits = jax.random.normal(jax.random.PRNGKey(0), (b, n, v))
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (b, n), 0, v)
+  given = jnp.zeros((b, n), bool).at[:, :4].set(True)
+  seen = []
+
+  def logits_fn(canvas):
+    seen.append(canvas)
+    return logits
+
+  got = maskgit.mean_log_likelihood(logits_fn, tokens, given, mask_id=v)
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  want = np.take_along_axis(logp, np.asarray(tokens)[..., None], -1)[..., 0][:, 4:].mean(1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)  # the given tokens are context, not scored
+  canvas = np.asarray(seen[-1])
+  assert (canvas[:, 4:] == v).all()
+  np.testing.assert_array_equal(canvas[:, :4], np.asarray(tokens)[:, :4])
+
+
+def test_candidates_decode_the_one_the_model_finds_most_likely(params):
+  k = 3
+  model = phenaki.build(micro_config(f"sample.candidates={k}"))
+  batch = moving_square_batch(model)
+  request = request_for(model, batch)
+  rng = jax.random.PRNGKey(5)
+  out = model.generate_video(params, request, rng)
+  # Every candidate, drawn as generate_video does, scored by a plain transformer call on an
+  # all-[MASK] grid, then decoded on its own.
+  tokens, mask = jnp.concatenate([batch["tokens"]] * k), jnp.concatenate([batch["mask"]] * k)
+  codes = model.sample_codes(params, tokens, mask, None, request.steps, request.guidance,
+                             jax.random.fold_in(rng, 0))
+  text = model.text_encoder.encode(params["text_encoder"], tokens, mask)
+  logits = model.transformer.apply({"params": params["transformer"]},
+                                   jnp.full_like(codes, model.mask_id), text, mask)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), codes[..., None], -1)
+  scores = np.asarray(logp.reshape(k * B, -1).mean(1)).reshape(k, B)
+  np.testing.assert_allclose(model.likelihood(params, codes, tokens, mask, None),
+                             scores.reshape(-1), rtol=1e-5, atol=1e-6)
+  videos = np.asarray(model.decode_codes(params["tokenizer"], codes)).reshape(k, B, *out.shape[1:])
+  assert len({np.asarray(c).tobytes() for c in codes[::B]}) == k  # the candidates differ
+  assert np.argmax(scores, 0).any()  # not always the first draw, so the check can fail
+  for i in range(B):
+    np.testing.assert_allclose(out[i], videos[int(np.argmax(scores[:, i])), i], atol=1e-5)
+  story = model.generate(params, request_for(model, batch, story_tokens=batch["tokens"][None],
+                                            story_mask=batch["mask"][None]), rng)
+  assert story.shape == (B, 5 + 4, 16, 16, 3)  # a story segment picks among candidates too
+  with pytest.raises(ConfigError, match="candidates"):
+    bad = phenaki.build(micro_config("sample.candidates=0"))
+    bad.generate(params, request, rng)
+
+
 # --- stages ----------------------------------------------------------------------------------
 
 

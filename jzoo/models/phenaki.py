@@ -264,9 +264,28 @@ class Phenaki(Model):
     return jnp.concatenate(video, axis=1)
 
   def _segment(self, params, tokens, mask, prefix, steps, guidance, rng):
-    """One clip of `tokenizer.frames` frames; its first time tokens are `prefix` if given."""
-    text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
-    b = tokens.shape[0]
+    """One clip of `tokenizer.frames` frames; its first time tokens are `prefix` if given.
+
+    With `sample.candidates` = K > 1, draws K token grids per prompt and decodes the one the
+    transformer finds most likely given the text (`likelihood`): K times the sampling's
+    transformer calls plus one per candidate, one decode."""
+    k = int(self.config.sample.get("candidates", 1))
+    if k < 1:
+      raise ConfigError(f"sample.candidates must be at least 1, got {k}")
+    if k == 1:
+      codes = self.sample_codes(params, tokens, mask, prefix, steps, guidance, rng)
+    else:
+      b = tokens.shape[0]
+      repeat = lambda x: None if x is None else jnp.concatenate([x] * k)
+      tokens, mask, prefix = repeat(tokens), repeat(mask), repeat(prefix)
+      codes = self.sample_codes(params, tokens, mask, prefix, steps, guidance, rng)
+      scores = self.likelihood(params, codes, tokens, mask, prefix)
+      best = jnp.argmax(scores.reshape(k, b), axis=0)
+      codes = codes.reshape(k, b, *self.code_grid)[best, jnp.arange(b)]
+    return self.decode_codes(params[TOKENIZER], codes)
+
+  def _given(self, b, prefix):
+    """Token grids [B, t, h, w] of the given tokens and where they are (the prefix's time steps)."""
     grid = self.code_grid
     given_tokens = jnp.zeros((b, *grid), jnp.int32)
     given = jnp.zeros((b, *grid), bool)
@@ -277,24 +296,45 @@ class Phenaki(Model):
                           "tokens; give fewer frames")
       given_tokens = given_tokens.at[:, :j].set(prefix)
       given = given.at[:, :j].set(True)
-    text2 = jnp.concatenate([text, text], axis=0)
-    mask2 = jnp.concatenate([mask, jnp.zeros_like(mask)], axis=0)
-    apply = self.transformer.apply
+    return given_tokens, given
+
+  def _logits_fn(self, params, text, mask):
+    """flat video tokens [B', N] -> logits [B', N, V] for text embeddings/mask [B', L]."""
+    def logits_fn(flat_tokens):
+      grid_tokens = flat_tokens.reshape(flat_tokens.shape[0], *self.code_grid)
+      logits = self.transformer.apply({"params": params[TRANSFORMER]}, grid_tokens, text, mask)
+      return logits.reshape(*flat_tokens.shape, -1)
+    return logits_fn
+
+  def sample_codes(self, params, tokens, mask, prefix, steps, guidance, rng):
+    """MaskGIT decoding of one clip's token grid [B, t, h, w] for text tokens/mask [B, L]."""
+    b = tokens.shape[0]
+    given_tokens, given = self._given(b, prefix)
+    text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
+    # One call on the doubled batch: with the text, then without it.
+    both_fn = self._logits_fn(params, jnp.concatenate([text, text]),
+                              jnp.concatenate([mask, jnp.zeros_like(mask)]))
 
     def logits_fn(flat_tokens):
-      grid_tokens = flat_tokens.reshape(b, *grid)
-      both = apply({"params": params[TRANSFORMER]}, jnp.concatenate([grid_tokens] * 2), text2,
-                   mask2)
+      both = both_fn(jnp.concatenate([flat_tokens] * 2))
       cond, uncond = both[:b], both[b:]
-      guided = uncond + guidance * (cond - uncond)  # classifier-free guidance on the logits
-      return guided.reshape(b, -1, guided.shape[-1])
+      return uncond + guidance * (cond - uncond)  # classifier-free guidance on the logits
 
     sample_cfg = self.config.sample
     codes = maskgit.decode(logits_fn, given_tokens.reshape(b, -1), given.reshape(b, -1), rng,
                            steps=steps, mask_id=self.mask_id,
                            temperature=float(sample_cfg.temperature),
                            choice_temperature=float(sample_cfg.choice_temperature))
-    return self.decode_codes(params[TOKENIZER], codes.reshape(b, *grid))
+    return codes.reshape(b, *self.code_grid)
+
+  def likelihood(self, params, codes, tokens, mask, prefix):
+    """float [B]: maskgit.mean_log_likelihood of token grids `codes` [B, t, h, w] given text
+    tokens/mask [B, L] (the prefix's given tokens are context, not scored)."""
+    b = codes.shape[0]
+    _, given = self._given(b, prefix)
+    text = self.text_encoder.encode(params[TEXT_ENCODER], tokens, mask)
+    return maskgit.mean_log_likelihood(self._logits_fn(params, text, mask), codes.reshape(b, -1),
+                                       given.reshape(b, -1), mask_id=self.mask_id)
 
 
 def build(config):

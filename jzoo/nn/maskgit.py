@@ -84,3 +84,18 @@ def decode(logits_fn, given_tokens, given, rng, *, steps, mask_id, temperature=1
 
   tokens, _ = jax.lax.fori_loop(0, steps, body, (tokens, rng))
   return tokens
+
+
+def mean_log_likelihood(logits_fn, tokens, given, *, mask_id):
+  """float [B]: the mean log-probability of finished `tokens` [B, N] over the free positions
+  (`given` False), each predicted in one pass from a canvas where all of them are [MASK] and
+  the given ones are visible.
+
+  logits_fn(tokens [B, N]) -> logits [B, N, V]. How typical a sample's tokens are under the
+  model: the score that picks the best of several samples (sample.candidates). On the shapes
+  videos it tells a sample the evaluator accepts from one it rejects better than chance, while
+  the text's share of it, log p(x | text) - log p(x), does not (docs/models/phenaki-tiny-shapes.md)."""
+  logits = logits_fn(jnp.where(given, tokens, mask_id)).astype(jnp.float32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)
+  free = (~given).astype(jnp.float32)
+  return jnp.sum(logp[..., 0] * free, axis=1) / jnp.maximum(jnp.sum(free, axis=1), 1.0)
