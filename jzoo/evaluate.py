@@ -10,6 +10,7 @@ examples on the evaluator's features.
   python -m jzoo.evaluate --model imagen-tiny-shapes --num 200
   python -m jzoo.evaluate --model imagen-tiny-shapes --split compositional --out evals/comp
   python -m jzoo.evaluate --model imagen-micro --random-weights --num 4 --json
+  python -m jzoo.evaluate --model phenaki-tiny-shapes --config.sample.temperature=0.5  # sample.* settings
 """
 
 import argparse
@@ -208,7 +209,9 @@ def headline(report):
 
 @cli.main_guard
 def main(argv=None):
-  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  from jzoo import sample
+  argv, overrides = sample.split_sampling_overrides(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(argv)
   registry.get_entry(args.model)  # unknown model: fail before any work
   if args.split not in SPLITS:
     raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
@@ -237,8 +240,8 @@ def main(argv=None):
   if args.clip:
     from jzoo.eval import clip as clip_lib
     clip = clip_lib.load_clip(args.clip)
-  from jzoo import sample
   model, params = sample.load_model_and_params(args)
+  model = sample.with_sampling(model, overrides)
   report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
                     batch_size=args.batch_size, name=name, fid_params=fid_params, clip=clip,
                     first=args.first)

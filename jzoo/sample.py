@@ -8,6 +8,7 @@
       --prompt "a red circle moving down"                 # story mode: one video, two segments
   python -m jzoo.sample --model phenaki-tiny-shapes --start first.png --prompt "..."  # image-to-video
   python -m jzoo.sample --list
+  python -m jzoo.sample --model phenaki-tiny-shapes --config.sample.candidates=4  # any sample.* setting
 """
 
 import argparse
@@ -105,6 +106,27 @@ def _check_writable(folder):
   if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
     raise UserError(f"cannot write to {folder!r} (no write permission under {probe!r}); "
                     "choose another --out")
+
+
+def split_sampling_overrides(argv):
+  """argv without its `--config.sample.KEY=VALUE` flags, and those overrides ("sample.KEY=VALUE").
+  Only sampling settings can change after training; any other --config.* is refused."""
+  from jzoo import config as config_lib
+  rest, overrides = config_lib.split_config_overrides(argv)
+  for item in overrides:
+    if not item.startswith("sample."):
+      raise UserError(f"--config.{item}: only sampling settings change at sampling time "
+                      "(--config.sample.KEY=VALUE, e.g. --config.sample.temperature=0.5)")
+  return rest, overrides
+
+
+def with_sampling(model, overrides):
+  """`model` rebuilt with "sample.KEY=VALUE" overrides (parameters unchanged); a ConfigError
+  names an unknown key."""
+  if not overrides:
+    return model
+  from jzoo import config as config_lib
+  return registry.build_model(config_lib.with_overrides(model.config, overrides))
 
 
 def load_model_and_params(args):
@@ -212,7 +234,8 @@ def _jitted_generate(ynn_fusions=""):
 
 @cli.main_guard
 def main(argv=None):
-  args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+  argv, overrides = split_sampling_overrides(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(argv)
   if args.list:
     list_models()
     return
@@ -223,8 +246,7 @@ def main(argv=None):
       raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
   if args.guidance is not None and not args.guidance == args.guidance:
     raise UserError("--guidance must be a number")
-  config = registry.load_config(args.model)
-  model = registry.build_model(config)
+  model = with_sampling(registry.build_model(registry.load_config(args.model)), overrides)
   prompts = read_prompts(args, model.task)
   # Empty or too-long prompts fail here, before any weights are loaded.
   check_prompts(prompts, model.text_length, Tokenizer.load(model.config.text.tokenizer))
@@ -246,6 +268,7 @@ def main(argv=None):
     model.check_start_frames(start.shape)
   paths = output_paths(args, args.model, prompts, story, ext)
   model, params = load_model_and_params(args)
+  model = with_sampling(model, overrides)
   outputs = generate(model, params, prompts, num=args.num, seed=args.seed, steps=args.steps,
                      guidance=args.guidance, batch_size=args.batch_size, story=story, start=start)
   from jzoo.io import write_media

@@ -200,6 +200,7 @@ def run_main(argv, capsys):
     (["--model", "imagen-micro", "--steps", "-1"], "--steps must be a positive integer"),
     (["--model", "imagen-micro", "--fid-weights", "/no/such.pth"], "/no/such.pth"),
     (["--model", "imagen-micro", "--clip", "/no/such/clip"], "no such CLIP folder"),
+    (["--model", "imagen-micro", "--config.text.length=8"], "only sampling settings change"),
 ])
 def test_cli_user_errors_are_one_line(argv, message, capsys):
   code, out, err = run_main(argv, capsys)

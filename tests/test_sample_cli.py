@@ -59,6 +59,9 @@ def test_num_makes_a_directory(tmp_path, capsys):
      "checkpoint directory '/nonexistent/ckpt' does not exist"),
     (["--model", "imagen-micro"], "has no bundled weights; pass --checkpoint DIR"),
     (MICRO + ["--format", "gif"], "makes images; use --format png"),
+    (MICRO + ["--config.model=nuwa"], "only sampling settings change at sampling time"),
+    (MICRO + ["--config.sample.nosuch=1"], "unknown config key 'sample.nosuch'"),
+    (MICRO + ["--config.sample.sampler=euler"], "sampler"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
   code, out, err = run_main(argv, capsys)
@@ -67,6 +70,18 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
   assert len(lines) == 1, err
   assert message in lines[0]
   assert "Traceback" not in err
+
+
+def test_config_sample_overrides_change_the_sampler(tmp_path, capsys):
+  images = []
+  for name, extra in (("a.png", []), ("b.png", ["--config.sample.sampler=ddpm"]),
+                      ("c.png", ["--config.sample.sampler", "ddpm"])):
+    path = str(tmp_path / name)
+    code, out, err = run_main(MICRO + ["--out", path] + extra, capsys)
+    assert code == 0, err
+    images.append(np.asarray(Image.open(path)))
+  assert np.any(images[0] != images[1])  # the override reached the sampler
+  np.testing.assert_array_equal(images[1], images[2])  # both flag spellings
 
 
 def test_unwritable_output_path(tmp_path, capsys):
