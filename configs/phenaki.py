@@ -66,8 +66,9 @@ def _sample(**kw):
       steps=12, guidance=3.0,   # MaskGIT decoding steps and classifier-free guidance (traced)
       temperature=1.0,          # token sampling temperature
       choice_temperature=4.5,   # Gumbel noise on the confidences, annealed to 0 over the steps
-      candidates=1,             # samples drawn per prompt; the one its text explains best is kept
-                                # (maskgit.text_match; K times the transformer calls)
+      candidates=1,             # samples drawn per prompt; the one the transformer finds most likely
+                                # given the text is kept (maskgit.mean_log_likelihood; K times the
+                                # transformer calls)
       story_context=1,          # story mode: time tokens of the previous segment's end re-encoded
                                 # as the start of the next (1 = its last frame)
   ))

@@ -19,9 +19,9 @@ import json
 import os
 
 from jzoo import api
-from jzoo import config as config_lib
 from jzoo import evaluate as evaluate_lib
 from jzoo import registry
+from jzoo import sample
 
 
 def main(model_ref, num, *settings, first=500):
@@ -32,7 +32,7 @@ def main(model_ref, num, *settings, first=500):
   for setting in settings:
     overrides = [f"sample.{kv}" for kv in setting.split(",")]
     # Sampling settings never change the parameters.
-    model = registry.build_model(config_lib.with_overrides(loaded.config, overrides))
+    model = sample.with_sampling(loaded, overrides)
     r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0, first=first)
     print(json.dumps(dict(setting=setting, first=first, num=int(num), accuracy=r["accuracy"],
                           attributes=r["attributes"],

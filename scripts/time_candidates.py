@@ -9,8 +9,7 @@ import sys
 import time
 
 from jzoo import api
-from jzoo import config as config_lib
-from jzoo import registry
+from jzoo import sample
 from jzoo.data import shapes
 
 
@@ -18,8 +17,7 @@ def main(num, *ks):
   loaded, params = api.load("phenaki-tiny-shapes")
   captions = [shapes.video_scene("test", i, 32, 16)["caption"] for i in range(num)]
   for k in ks:
-    model = registry.build_model(config_lib.with_overrides(loaded.config,
-                                                           [f"sample.candidates={k}"]))
+    model = sample.with_sampling(loaded, [f"sample.candidates={k}"])
     start = time.perf_counter()
     api.generate(model, params, captions, seed=0, batch_size=num)
     first = time.perf_counter() - start
