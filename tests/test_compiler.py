@@ -1,6 +1,7 @@
 """jzoo.parallel.compiler: the per-config XLA CPU options of the train step and generation."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -94,3 +95,22 @@ def test_trainer_and_generation_compile_with_the_configs_options(monkeypatch):
   sample._jitted_generate(compiler.ynn_fusions_of(config))
   sample._jitted_generate.cache_clear()
   assert seen == ["eltwise,reduce", "eltwise,reduce"]
+
+
+def test_cpu_chunked_runs_rows_a_few_at_a_time_with_the_same_result():
+  calls = []
+
+  def fn(x, pair):
+    calls.append(x.shape[0])  # traced once per distinct chunk shape
+    return {"sum": x @ w + pair[0] * pair[1][:, None], "rows": x.sum(1)}
+
+  w = jax.random.normal(jax.random.PRNGKey(1), (5, 3))  # closed over: not split
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5))  # every argument is split by rows
+  pair = (jax.random.normal(jax.random.PRNGKey(2), (6, 3)), jnp.arange(6.0))
+  direct = fn(x, pair)
+  for rows, chunk in [(2, 2), (4, 2), (6, 6), (0, 6), (7, 1)]:  # the chunk is gcd(6, rows)
+    calls.clear()
+    out = jax.jit(compiler.cpu_chunked(fn, rows))(x, pair)
+    assert calls == [chunk]
+    np.testing.assert_allclose(out["sum"], direct["sum"], rtol=1e-6)
+    np.testing.assert_allclose(out["rows"], direct["rows"], rtol=1e-6)

@@ -194,6 +194,17 @@ def test_candidates_decode_the_one_the_model_finds_most_likely(params):
     bad.generate(params, request, rng)
 
 
+
+def test_cpu_rows_runs_the_transformer_in_chunks_and_samples_the_same(params):
+  batch = moving_square_batch(model := phenaki.build(micro_config("sample.candidates=3")))
+  request, rng = request_for(model, batch), jax.random.PRNGKey(3)
+  whole = model.generate_video(params, request, rng)
+  chunked = phenaki.build(micro_config("sample.candidates=3", "sample.cpu_rows=4"))
+  # 2 prompts x 3 candidates x 2 (guidance) = 12 sequences, run 4 at a time on the CPU.
+  np.testing.assert_allclose(chunked.generate_video(params, request, rng), whole, atol=1e-5)
+  programs = [str(jax.make_jaxpr(m.generate_video)(params, request, rng)) for m in (model, chunked)]
+  assert "scan[" not in programs[0] and "scan[" in programs[1]  # lax.map over the chunks
+
 # --- stages ----------------------------------------------------------------------------------
 
 

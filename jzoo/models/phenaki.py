@@ -30,6 +30,7 @@ from jzoo.errors import ConfigError
 from jzoo.models.base import TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
 from jzoo.nn import layers, maskgit
 from jzoo.nn.transformer import Transformer, heads_for
+from jzoo.parallel import compiler
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
 from jzoo.vq.cvivit import CViViT
 
@@ -300,9 +301,12 @@ class Phenaki(Model):
 
   def _logits_fn(self, params, text, mask):
     """flat video tokens [B', N] -> logits [B', N, V] for text embeddings/mask [B', L]."""
+    apply = compiler.cpu_chunked(
+        lambda t, x, m: self.transformer.apply({"params": params[TRANSFORMER]}, t, x, m),
+        int(self.config.sample.get("cpu_rows", 0)))
+
     def logits_fn(flat_tokens):
-      grid_tokens = flat_tokens.reshape(flat_tokens.shape[0], *self.code_grid)
-      logits = self.transformer.apply({"params": params[TRANSFORMER]}, grid_tokens, text, mask)
+      logits = apply(flat_tokens.reshape(flat_tokens.shape[0], *self.code_grid), text, mask)
       return logits.reshape(*flat_tokens.shape, -1)
     return logits_fn
 

@@ -1,0 +1,43 @@
+"""Sampling time of a bundled model with several `sample.*` settings, side by side in one run.
+
+  python scripts/time_sampling.py phenaki-tiny-shapes 8 candidates=1 candidates=4
+  python scripts/time_sampling.py phenaki-tiny-shapes 8 cpu_rows=0 cpu_rows=2
+
+NUM `test` captions, one batch. Each setting (comma-separated `sample.*` overrides) is compiled
+and run once, then timed over a second call with another seed; the line also says how many
+output bytes differ from the first setting's (0: the same samples).
+"""
+
+import sys
+import time
+
+import numpy as np
+
+from jzoo import api
+from jzoo import sample
+from jzoo.data import shapes
+
+
+def main(name, num, *settings):
+  loaded, params = api.load(name)
+  spec = loaded.data_spec(loaded.stages[-1])
+  captions = [shapes.video_scene("test", i, spec.resolution, spec.frames)["caption"]
+              if spec.frames else shapes.image_scene("test", i, spec.resolution)["caption"]
+              for i in range(num)]
+  first_output = None
+  for setting in settings:
+    model = sample.with_sampling(loaded, [f"sample.{kv}" for kv in setting.split(",")])
+    start = time.perf_counter()
+    api.generate(model, params, captions, seed=0, batch_size=num)
+    with_compile = time.perf_counter() - start
+    start = time.perf_counter()
+    out = api.generate(model, params, captions, seed=1, batch_size=num)
+    seconds = time.perf_counter() - start
+    first_output = out if first_output is None else first_output
+    differ = int(np.sum(out != first_output)) if out.shape == first_output.shape else "all"
+    print(f"{setting}: {num} samples in {seconds:.2f} s after compile ({with_compile:.2f} s "
+          f"with compile); bytes differing from {settings[0]}'s: {differ}", flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])
