@@ -8,7 +8,7 @@
       --prompt "a red circle moving down"                 # story mode: one video, two segments
   python -m jzoo.sample --model phenaki-tiny-shapes --start first.png --prompt "..."  # image-to-video
   python -m jzoo.sample --list
-  python -m jzoo.sample --model phenaki-tiny-shapes --config.sample.candidates=4  # any sample.* setting
+  python -m jzoo.sample --model phenaki-tiny-shapes --config.sample.candidates=1  # any sample.* setting
 """
 
 import argparse
