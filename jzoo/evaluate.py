@@ -70,17 +70,24 @@ def _check_request(split, num, dataset, first=0):
                     f"{dataset}/{split}; lower one of them")
 
 
-def _scene(dataset, split, index, output_shape):
+def dataset_of(model):
+  """The shapes dataset whose captions `model` follows: moving_shapes for video models."""
+  from jzoo.models.base import TEXT_TO_VIDEO
+  return "moving_shapes" if model.task == TEXT_TO_VIDEO else "shapes"
+
+
+def scene(dataset, split, index, output_shape):
+  """Example `index` of `split` (caption, form, objects), for samples of `output_shape`."""
   if dataset == "moving_shapes":
     frames, size = output_shape[0], output_shape[-1]
     return shapes.video_scene(split, index, size, frames)
   return shapes.image_scene(split, index, output_shape[-1])
 
 
-def _real(dataset, scene, shape):
+def _real(dataset, example, shape):
   if dataset == "moving_shapes":
-    return shapes.render_video(scene["objects"], shape[-2], shape[0])
-  return shapes.render_image(scene["objects"], shape[0])
+    return shapes.render_video(example["objects"], shape[-2], shape[0])
+  return shapes.render_image(example["objects"], shape[0])
 
 
 def _found(result):
@@ -105,15 +112,14 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
   from jzoo import sample
   from jzoo.eval import alignment, frechet
   from jzoo.eval import report as report_lib
-  from jzoo.models.base import TEXT_TO_VIDEO
 
-  video = model.task == TEXT_TO_VIDEO
-  dataset = "moving_shapes" if video else "shapes"
+  dataset = dataset_of(model)
+  video = dataset == "moving_shapes"
   _check_request(split, num, dataset, first)
   output_shape = tuple(int(v) for v in model.output_shape)
   if output_shape[-1] != output_shape[-2]:
     raise UserError(f"the shapes datasets are square; this model makes {output_shape} samples")
-  scenes = [_scene(dataset, split, first + i, output_shape) for i in range(num)]
+  scenes = [scene(dataset, split, first + i, output_shape) for i in range(num)]
   captions = [s["caption"] for s in scenes]
   outputs = sample.generate(model, params, captions, num=1, seed=seed, steps=steps, guidance=guidance,
                             batch_size=batch_size, story=False)

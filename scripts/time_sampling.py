@@ -14,16 +14,14 @@ import time
 import numpy as np
 
 from jzoo import api
+from jzoo import evaluate
 from jzoo import sample
-from jzoo.data import shapes
 
 
 def main(name, num, *settings):
   loaded, params = api.load(name)
-  spec = loaded.data_spec(loaded.stages[-1])
-  captions = [shapes.video_scene("test", i, spec.resolution, spec.frames)["caption"]
-              if spec.frames else shapes.image_scene("test", i, spec.resolution)["caption"]
-              for i in range(num)]
+  dataset, shape = evaluate.dataset_of(loaded), tuple(loaded.output_shape)
+  captions = [evaluate.scene(dataset, "test", i, shape)["caption"] for i in range(num)]
   first_output = None
   for setting in settings:
     model = sample.with_sampling(loaded, [f"sample.{kv}" for kv in setting.split(",")])
@@ -34,7 +32,7 @@ def main(name, num, *settings):
     out = api.generate(model, params, captions, seed=1, batch_size=num)
     seconds = time.perf_counter() - start
     first_output = out if first_output is None else first_output
-    differ = int(np.sum(out != first_output)) if out.shape == first_output.shape else "all"
+    differ = int(np.sum(out != first_output))
     print(f"{setting}: {num} samples in {seconds:.2f} s after compile ({with_compile:.2f} s "
           f"with compile); bytes differing from {settings[0]}'s: {differ}", flush=True)
 

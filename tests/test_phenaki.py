@@ -200,7 +200,6 @@ def test_candidates_decode_the_one_the_model_finds_most_likely_in_chunks_or_not(
     bad.generate(params, request, rng)
 
 
-
 # --- stages ----------------------------------------------------------------------------------
 
 
