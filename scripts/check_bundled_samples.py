@@ -19,7 +19,8 @@ import numpy as np
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden",
                       "bundled_samples")
 
-# name -> list of (case, prompts, options); every case generates at seed 0 and 1.
+# name -> list of (case, prompts, options); every case generates at seed 0 and 1. A "start"
+# option (SAVED, F) starts every video from the first F frames of saved sample SAVED (seed 0).
 CASES = {
     "imagen-tiny-shapes": [
         ("t2i", ["a large red circle in the center", "a blue square to the left of a green triangle"], {}),
@@ -27,15 +28,21 @@ CASES = {
     "phenaki-tiny-shapes": [
         ("t2v", ["a red circle moving right", "a yellow triangle moving up"], {}),
         ("story", ["a red circle moving right", "a red circle moving down"], {"story": True}),
+        ("start", ["a blue square moving left"], {"start": ("phenaki-tiny-shapes-t2v-0", 1)}),
     ],
     "nuwa-tiny-shapes": [
         ("t2v", ["a red circle moving right", "a small green square moving down"], {}),
+        ("start", ["a red circle moving right"], {"start": ("nuwa-tiny-shapes-t2v-0", 2)}),
     ],
 }
 
 
 def generate(name, prompts, options, seed):
   import jzoo
+  if "start" in options:
+    saved, frames = options["start"]
+    start = np.load(os.path.join(GOLDEN, f"{saved}.npz"))["samples"][0, :frames]
+    options = dict(options, start=start)
   if hasattr(jzoo, "load"):  # the pipeline API (platform v2)
     pipe = jzoo.load(name)
     return np.asarray(pipe(prompts, seed=seed, **options))
