@@ -2,6 +2,7 @@
 
     python benchmarks/nearby_attention.py            # table
     python benchmarks/nearby_attention.py --json     # one JSON object
+    python benchmarks/nearby_attention.py --smoke    # 4x4x4 tokens, one timed run: seconds
 
 Defaults are the issue's CPU setting: B=1, T=16, H=W=32, heads=4, D=32,
 radius (1, 2, 2), float32 (16,384 tokens; a 3x5x5 window). Both sides are
@@ -15,7 +16,6 @@ cases are run round-robin so that load from other processes hits all alike.
 """
 
 import argparse
-import json
 import math
 import platform as platform_lib
 import resource
@@ -27,6 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jzoo.kernels.nearby_attention import _tiles, api, reference
+
+import _common  # benchmarks/_common.py: this script's folder is sys.path[0]
+
+# --smoke: every case (fast, dense, scaling) once at a 4x4x4 grid.
+SMOKE = dict(frames=4, height=4, width=4, heads=1, head_dim=8, radius=(1, 1, 1), repeats=1,
+             dense_repeats=1, scaling_frames=(2, 4))
 
 
 def _parse():
@@ -51,7 +57,7 @@ def _parse():
   # From T=8 on, the frames clipped at the two ends change the work per doubling by < 5%.
   p.add_argument("--scaling-frames", type=int, nargs="*", default=(8, 16, 32, 64))
   p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-  return p.parse_args()
+  return _common.parse_args(p, SMOKE)
 
 
 class _Case:
@@ -221,8 +227,7 @@ def main():
     result.update(visited_tiles=tiles, visited_tile_flops_fwd=tile_flops,
                   visited_tile_tflops=tile_flops / fast_fwd / 1e12)
 
-  if args.json:
-    print(json.dumps(result, indent=1))
+  if _common.print_json(args, result, indent=1):
     return
   print(f"\n3D nearby attention, {backend} ({result['device']}), impl={impl}: grid {grid} "
         f"({n_tokens} tokens), heads={args.heads}, D={args.head_dim}, radius={radius}, "

@@ -2,6 +2,8 @@
 
     python benchmarks/nearby_attention_tiles.py            # table (needs a GPU)
     python benchmarks/nearby_attention_tiles.py --json
+    python benchmarks/nearby_attention_tiles.py --smoke    # one tiling at 2x4x4 tokens; off a
+                                                           # GPU in the Pallas interpreter
 
 Times the forward of every (block_q, block_k, num_warps, num_stages) in the grid at a
 NUWA-like shape (B=8, 16x32x32 tokens, 8 heads, D=64, radius (1, 2, 2), causal,
@@ -13,7 +15,6 @@ visited tiles (what the kernel computes, masked entries included).
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jzoo.kernels.nearby_attention import _tiles, pallas_gpu
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import _common  # noqa: E402 - benchmarks/_common.py
 from nearby_attention import _neighbourhood_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -40,7 +42,11 @@ def _parse():
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--json", action="store_true")
   p.add_argument("--interpret", action="store_true", help="Pallas interpreter (checks on a CPU)")
-  return p.parse_args()
+  # --smoke: one setting, forward and forward+backward, at 2x4x4 = 32 tokens (two 16-token
+  # blocks); in the interpreter unless there is a GPU.
+  return _common.parse_args(p, dict(
+      shape=(1, 2, 4, 4, 1, 16), blocks=(16,), warps=(4,), stages=(2,), top=1, repeats=1,
+      interpret=jax.default_backend() != "gpu"))
 
 
 def _time(fn, args, repeats):
@@ -97,8 +103,7 @@ def main():
   result = dict(device=str(jax.devices()[0].device_kind), shape=args.shape, radius=radius,
                 causal=causal, neighbourhood_flops_fwd=pairs_flops, rows=rows,
                 layout_copies_ms=_time(copies, qkv, args.repeats) * 1e3)
-  if args.json:
-    print(json.dumps(result, indent=1))
+  if _common.print_json(args, result, indent=1):
     return
   print(f"{result['device']}: shape {args.shape}, radius {radius}, causal={causal}, bfloat16")
   print("| bq | bk | warps | stages | fwd ms | fwd TFLOP/s | tile TFLOP/s | fwd+bwd ms |")

@@ -7,41 +7,43 @@ Builds the model twice from the same config, once with `xla_cpu_ynn_fusions=''` 
 what YNNPACK runs) and once with `--fusions` (default: the config's own setting), on random
 weights, and times in alternating rounds (minimum over rounds):
   * each stage's training step at its config batch size (`jzoo.bench.bench_training`'s step);
-  * generation of `--num` samples with the CLI defaults (`jzoo.sample.generate`).
+  * generation of `--num` samples with the CLI defaults (`jzoo.pipeline.generate`).
 This is how the setting in `configs/imagen.py` was chosen (docs/benchmarks.md); rerun it per
-jaxlib release, since the option is experimental in XLA.
+jaxlib release, since the option is experimental in XLA. `--smoke`: `imagen:micro`, the text
+encoder's step (the quickest to compile: the same code path) and one sample, one round.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "peers"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+import _common  # noqa: E402 - benchmarks/_common.py, beside this script
+
+PROMPT = "a large red circle in the center"  # an Imagen caption of docs/SHAPES.md
 
 
 def build_cases(config_ref, fusions, stages, num):
   import jax
 
+  from jzoo import pipeline
   from jzoo import config as config_lib
   from jzoo import registry
-  from jzoo.sample import DEFAULT_PROMPTS, generate
+  from jzoo.models import params as params_lib
   from imagen_training_sampling import jzoo_train_step  # noqa: E402 - the peers' shared helper
-  cases = {}
+  cases, params = {}, None
   for label, value in (("xla_defaults", ""), ("fusions", fusions)):
     config = config_lib.load(config_ref, [f"xla_cpu_ynn_fusions={value}"])
     for stage in stages:
       staged = config_lib.load(config_ref, [f"xla_cpu_ynn_fusions={value}", f"stage={stage}"])
       cases[(label, f"train {stage}")] = jzoo_train_step(staged, stage)[0]
     model = registry.build_model(config)
-    params = {s: registry.random_params(model, s, jax.random.PRNGKey(i))
-              for i, s in enumerate(model.stages)}
-    prompts = [DEFAULT_PROMPTS[model.task]] * num
-    kwargs = dict(num=1, seed=0, steps=None, guidance=None, batch_size=num, story=False)
-    cases[(label, f"generate {num}")] = (
-        lambda model=model, params=params: generate(model, params, prompts, **kwargs))
+    if params is None:  # the same random weights for both settings (the option leaves them be)
+      params = {s: params_lib.random_params(model, s, jax.random.PRNGKey(i))
+                for i, s in enumerate(model.stages)}
+    cases[(label, f"generate {num}")] = (lambda model=model, params=params: pipeline.generate(
+        model, params, [PROMPT] * num, seed=0, batch_size=num))
   return cases
 
 
@@ -53,7 +55,8 @@ def main():
   p.add_argument("--num", type=int, default=4)
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--json", action="store_true")
-  args = p.parse_args()
+  args = _common.parse_args(
+      p, dict(config="imagen:micro", stages="text_encoder", num=1, rounds=1))
   import jax
 
   from jzoo import config as config_lib
@@ -77,8 +80,7 @@ def main():
   rows = sorted({what for _, what in cases})
   result = {"config": args.config, "fusions": fusions, "jax": jax.__version__,
             "seconds": {f"{label}/{what}": best[(label, what)] for label, what in cases}}
-  if args.json:
-    print(json.dumps(result, indent=2))
+  if _common.print_json(args, result, indent=2):
     return
   print(f"{args.config}: XLA's CPU defaults vs xla_cpu_ynn_fusions={fusions!r} "
         f"(jax {jax.__version__}), min over {args.rounds} alternating rounds")

@@ -27,6 +27,9 @@ def base_config(model, stage):
   c.data = ml_collections.ConfigDict(dict(
       dataset="",          # "" = the stage's own dataset; or "folder:/path", "tfds:shapes"
       shuffle=True,
+      # Grain worker processes decoding/rendering examples (0: in the training process). On an
+      # accelerator host with folder/TFDS data, a few per spare core; keep 0 on a CPU.
+      workers=0,
   ))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000,
@@ -45,6 +48,17 @@ def base_config(model, stage):
       # The same for the stages not trained in the workdir only: the trained stage starts fresh
       # (a new transformer over a bundled model's tokenizer and text encoder).
       frozen_from="",
+      # Regular expressions, comma-separated, searched in the trained stage's '/'-joined parameter
+      # paths ("spatial", "Conv_0/kernel"): matching parameters stay as initialised.
+      freeze="",
+      # How init_from's params become this config's: identity | inflate_conv3d (2D conv kernels to
+      # 3D ones with an identity temporal kernel); see jzoo.training.init_maps.
+      init_map="identity",
+      init_stage="",        # the export's stage that init_from starts from ("" = the trained one)
+      # A bundled model or export folder whose teacher_stage ("" = the trained stage) params the
+      # loss reads as frozen["teacher"] (distillation): no gradients, no optimizer state.
+      teacher_from="",
+      teacher_stage="",
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3,

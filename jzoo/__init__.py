@@ -21,3 +21,10 @@ def _quiet_libtpu_off_tpu():
 
 
 _quiet_libtpu_off_tpu()
+
+
+def load(name_or_dir=None, **kwargs):
+  """A model with its weights, ready to generate: `jzoo.load("imagen-tiny-shapes")(prompts)`.
+  See `jzoo.pipeline.load`."""
+  from jzoo import pipeline
+  return pipeline.load(name_or_dir, **kwargs)

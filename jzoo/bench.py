@@ -72,26 +72,24 @@ def bench_training(config, stage, steps):
           "examples_per_s": config.train.batch_size / seconds}
 
 
-def bench_sampling(model, params, num, repeats=3):
+def bench_sampling(pipe, num, repeats=3):
   """Seconds for `num` samples at the default settings, after one compiling call."""
-  from jzoo.sample import DEFAULT_PROMPTS, generate
-  prompts = [DEFAULT_PROMPTS[model.task]] * num
-  kwargs = dict(num=1, seed=0, steps=None, guidance=None, batch_size=num, story=False)
+  prompts = [pipe.default_prompt] * num
   t0 = time.perf_counter()
-  generate(model, params, prompts, **kwargs)
+  pipe(prompts, batch_size=num)
   first = time.perf_counter() - t0
-  seconds = _time(lambda: generate(model, params, prompts, **kwargs), repeats)
+  seconds = _time(lambda: pipe(prompts, batch_size=num), repeats)
   return {"num": num, "first_call_s": first, "seconds": seconds,
-          "defaults": model.default_request_options()}
+          "defaults": pipe.model.default_request_options()}
 
 
 def bench_model(name, num, train_steps):
-  from jzoo import api
+  from jzoo import pipeline
   entry = registry.get_entry(name)
-  model, params = api.load(name, random_weights=not entry.bundled)
+  pipe = pipeline.load(name, random_weights=not entry.bundled)
   result = {"model": name, "bundled": entry.bundled,
-            "sampling": bench_sampling(model, params, num),
-            "training": [bench_training(model.config, s, train_steps) for s in model.stages]}
+            "sampling": bench_sampling(pipe, num),
+            "training": [bench_training(pipe.config, s, train_steps) for s in pipe.stages]}
   return result
 
 

@@ -53,7 +53,7 @@ def main(argv=None):
     raise UserError("--batch-size, --workers and --limit must be positive")
 
   import jax
-  from jzoo import registry
+  from jzoo import loading, registry
   from jzoo.data.sources import get_source
   from jzoo.vq import code_cache
 
@@ -68,7 +68,7 @@ def main(argv=None):
   source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
   count = len(source) if args.limit is None else min(args.limit, len(source))
 
-  params = model.load_frozen_stage(stage, args.workdir)
+  params = loading.frozen_params(model, stage, args.workdir)
   encode_fn = jax.jit(model.encode_video)
   encode = lambda pixels: encode_fn(params, pixels)  # params as an argument, not a constant
   out = args.out or os.path.join(args.workdir, "code_cache")
@@ -83,7 +83,7 @@ def main(argv=None):
     meta = code_cache.build(out, source, count, encode, model.code_grid,
                             int(config.tokenizer.codebook_size), batch_size=args.batch_size,
                             read=read, dataset=dataset, split="train",
-                            origin=registry.stage_origin(args.workdir, stage, config,
+                            origin=loading.stage_origin(args.workdir, stage, config,
                                                         code_cache.FROZEN_FROM))
   finally:
     if pool is not None:

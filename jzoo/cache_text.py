@@ -39,8 +39,7 @@ def main(argv=None):
 
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from jzoo import registry
+  from jzoo import loading, registry
   from jzoo.data.sources import get_source
   from jzoo.text import cache as cache_lib
   from jzoo.text.frozen import TEXT_ENCODER
@@ -62,7 +61,7 @@ def main(argv=None):
   print(f"read {count} captions of {args.split} ({len(set(captions))} distinct) in "
         f"{time.monotonic() - started:.1f} s", flush=True)
 
-  params = model.load_frozen_stage(TEXT_ENCODER, args.workdir)
+  params = loading.frozen_params(model, TEXT_ENCODER, args.workdir)
   dtype = jnp.dtype(str(config.train.dtype))
   params = jax.tree_util.tree_map(  # a bfloat16 model keeps a T5-XXL encoder at 9 GB
       lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
@@ -71,7 +70,7 @@ def main(argv=None):
   out = args.out or os.path.join(args.workdir, "text_cache")
   meta = cache_lib.build(out, captions, encode, Tokenizer.load(config.text.tokenizer),
                          spec.text_length, encoder.width, batch_size=args.batch_size,
-                         source=encoder.source(args.workdir, config))
+                         source=loading.text_encoder_origin(model, args.workdir))
   size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
   print(f"{out}: {meta['rows']} captions x {meta['text_length']} tokens x {meta['width']} "
         f"({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")

@@ -1,9 +1,11 @@
-"""Shared CLI plumbing: user errors become one line on stderr and exit status 2."""
+"""Shared CLI plumbing: user errors become one line on stderr and exit status 2; sampling
+settings from the command line."""
 
 import functools
 import sys
 
 from jzoo import errors
+from jzoo.errors import UserError
 
 
 def main_guard(fn):
@@ -25,3 +27,15 @@ def main_guard(fn):
       sys.exit(130)
 
   return wrapper
+
+
+def split_sampling_overrides(argv):
+  """argv without its `--config.sample.KEY=VALUE` flags, and those overrides ("sample.KEY=VALUE").
+  Only sampling settings can change after training; any other --config.* is refused."""
+  from jzoo import config as config_lib  # only here: the CLIs' guard stays import-light
+  rest, overrides = config_lib.split_config_overrides(argv)
+  for item in overrides:
+    if not item.startswith("sample."):
+      raise UserError(f"--config.{item}: only sampling settings change at sampling time "
+                      "(--config.sample.KEY=VALUE, e.g. --config.sample.temperature=0.5)")
+  return rest, overrides

@@ -175,3 +175,54 @@ def split_config_overrides(argv):
       rest.append(arg)
     i += 1
   return rest, overrides
+
+
+# Keys added to a family's config after models of it were exported, with the values that keep an
+# older export's behaviour. `migrate` adds them once, when a config is read from disk, so model
+# code reads every key directly. ("*" in a path: every block at that level.)
+_TOKENIZER_LOSS = {
+    "tokenizer.reconstruction_loss": "l2", "tokenizer.codebook_ema": 0.0,
+    "tokenizer.perceptual_weight": 0.0, "tokenizer.perceptual_weights": "",
+    "tokenizer.adversarial_weight": 0.0, "tokenizer.adversarial_start": 0,
+    "tokenizer.discriminator_channels": 64, "tokenizer.discriminator_layers": 3,
+}
+ADDED_KEYS = {
+    "imagen": {"text_encoder.cache": "", "stages.*.text_positions": False},
+    "phenaki": {"text_encoder.cache": "", "tokenizer.cache": "", **_TOKENIZER_LOSS,
+                "transformer.text_positions": False, "sample.candidates": 1, "sample.cpu_rows": 0},
+    "nuwa": {**_TOKENIZER_LOSS, "transformer.condition_frames": 0,
+             "transformer.condition_layers": 0, "transformer.condition_radius": (1, 1, 1)},
+}
+
+
+def migrate(data):
+  """A config read from disk (a plain dict, e.g. an old bundle's config.json) brought up to
+  today's keys: the keys every config shares from `configs._common.base_config`, the family's
+  from ADDED_KEYS. Keys it has are kept; returns a new dict."""
+  from jzoo.configs import _common
+  data = _merge_missing(data, _common.base_config(data.get("model", ""), data.get("stage", "")).to_dict())
+  for path, value in ADDED_KEYS.get(data.get("model"), {}).items():
+    _add(data, path.split("."), value)
+  return data
+
+
+def _merge_missing(data, defaults):
+  out = dict(data)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _merge_missing(out[key], value)
+  return out
+
+
+def _add(block, path, value):
+  head, rest = path[0], path[1:]
+  targets = list(block.values()) if head == "*" else [block[head]] if head in block else []
+  if not rest:
+    if head != "*":
+      block.setdefault(head, value)
+    return
+  for target in targets:
+    if isinstance(target, dict):
+      _add(target, rest, value)

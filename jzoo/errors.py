@@ -25,3 +25,7 @@ class PromptError(UserError):
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CapabilityError(UserError):
+  """A request the model cannot serve (story mode, start frames, ...); says what it can do."""

@@ -32,7 +32,9 @@ SPLITS = ("test", "compositional")
 def build_parser():
   p = argparse.ArgumentParser(prog="python -m jzoo.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default=registry.DEFAULT_MODEL, help="registered model name")
+  p.add_argument("--model", default=None,
+                 help=f"registered model name (default {registry.DEFAULT_MODEL}, or with --checkpoint "
+                      "the model the folder holds)")
   p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train, or a folder "
                  "written by python -m jzoo.export")
   p.add_argument("--split", default="test", help=f"captions to evaluate on: {' or '.join(SPLITS)}")
@@ -72,8 +74,7 @@ def _check_request(split, num, dataset, first=0):
 
 def dataset_of(model):
   """The shapes dataset whose captions `model` follows: moving_shapes for video models."""
-  from jzoo.models.base import TEXT_TO_VIDEO
-  return "moving_shapes" if model.task == TEXT_TO_VIDEO else "shapes"
+  return "moving_shapes" if model.makes_video else "shapes"
 
 
 def scene(dataset, split, index, output_shape):
@@ -99,20 +100,21 @@ def _found(result):
                center=[round(v, 2) for v in d["center"]]) for d in result["detections"]]
 
 
-def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
+def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
              *, batch_size=16, name=None, fid_params=None, clip=None, first=0):
   """Generates for `num` captions of `split` from index `first`, scores them; returns the report.
 
-  model/params as from `jzoo.sample.load_model_and_params`. With `out_dir`,
+  pipe: a `jzoo.load` pipeline; `name` (default its name) goes into the report. With `out_dir`,
   also writes report.json, report.md and grid.png there (report["files"]).
   `fid_params` (jzoo.eval.inception.load_inception_params) adds "fid" against the real
   samples (video frames pooled); `clip` = (model, params, tokenizer) from
-  jzoo.eval.clip.load_clip adds "clip_score" (a video's middle frame).
+  jzoo.text.clip.load_clip adds "clip_score" (a video's middle frame).
   """
-  from jzoo import sample
   from jzoo.eval import alignment, frechet
   from jzoo.eval import report as report_lib
+  from jzoo.models.base import RECONSTRUCT
 
+  model, params, name = pipe.model, pipe.params, name or pipe.name
   dataset = dataset_of(model)
   video = dataset == "moving_shapes"
   _check_request(split, num, dataset, first)
@@ -121,9 +123,7 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
     raise UserError(f"the shapes datasets are square; this model makes {output_shape} samples")
   scenes = [scene(dataset, split, first + i, output_shape) for i in range(num)]
   captions = [s["caption"] for s in scenes]
-  outputs = sample.generate(model, params, captions, num=1, seed=seed, steps=steps, guidance=guidance,
-                            batch_size=batch_size, story=False)
-  outputs = [np.asarray(x) for x in outputs]
+  outputs = list(pipe(captions, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size))
   results = [alignment.score(x, c) for x, c in zip(outputs, captions)]
   forms = [s["form"] for s in scenes]
   summary = report_lib.summarize(results, forms)
@@ -150,7 +150,7 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
   )
   if video:
     report["frechet_video_distance"] = fvd
-  if hasattr(model, "reconstruct"):  # a visual tokenizer: what its codes keep of real samples
+  if model.can(RECONSTRUCT):  # a visual tokenizer: what its codes keep of real samples
     psnr, recons = reconstruction_psnr(model, params, real, batch_size)
     report["tokenizer_psnr"] = psnr
     # The evaluator on the tokenizer's round trips of the real samples: the accuracy a perfect
@@ -162,7 +162,7 @@ def evaluate(model, params, split="test", num=64, seed=0, steps=None, guidance=N
     frames = lambda xs: np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in xs])
     report["fid"] = fid_lib.fid(frames(real), frames(outputs), fid_params)
   if clip is not None:
-    from jzoo.eval import clip as clip_lib
+    from jzoo.text import clip as clip_lib
     images = [x[len(x) // 2] if video else x for x in outputs]
     report["clip_score"] = clip_lib.clip_score(images, captions, *clip)[0]
   report["evaluator"] = dict(
@@ -215,10 +215,11 @@ def headline(report):
 
 @cli.main_guard
 def main(argv=None):
-  from jzoo import sample
-  argv, overrides = sample.split_sampling_overrides(sys.argv[1:] if argv is None else argv)
+  from jzoo import pipeline
+  argv, overrides = cli.split_sampling_overrides(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
-  registry.get_entry(args.model)  # unknown model: fail before any work
+  if args.model is not None:
+    registry.get_entry(args.model)  # unknown model: fail before any work
   if args.split not in SPLITS:
     raise UserError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLITS)}")
   for flag in ("num", "steps", "batch_size"):
@@ -229,8 +230,8 @@ def main(argv=None):
     raise UserError(f"--first must be a non-negative integer, got {args.first}")
   if args.guidance is not None and not math.isfinite(args.guidance):
     raise UserError(f"--guidance must be a finite number, got {args.guidance}")
-  # A --checkpoint is named by its path: --model is then only the config of a training dir.
-  name = os.path.normpath(args.checkpoint) if args.checkpoint else args.model
+  # A --checkpoint is named by its path.
+  name = os.path.normpath(args.checkpoint) if args.checkpoint else args.model or registry.DEFAULT_MODEL
   out = args.out or os.path.join("evals", f"{os.path.basename(name)}-{args.split}-{args.seed}")
   if os.path.isfile(out):
     raise UserError(f"--out {out!r} is a file; give a directory for the report")
@@ -244,11 +245,11 @@ def main(argv=None):
     from jzoo.eval import inception
     fid_params = inception.load_inception_params(args.fid_weights)
   if args.clip:
-    from jzoo.eval import clip as clip_lib
+    from jzoo.text import clip as clip_lib
     clip = clip_lib.load_clip(args.clip)
-  model, params = sample.load_model_and_params(args)
-  model = sample.with_sampling(model, overrides)
-  report = evaluate(model, params, args.split, args.num, args.seed, args.steps, args.guidance, out,
+  pipe = pipeline.load(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                       seed=args.seed, sample=overrides)
+  report = evaluate(pipe, args.split, args.num, args.seed, args.steps, args.guidance, out,
                     batch_size=args.batch_size, name=name, fid_params=fid_params, clip=clip,
                     first=args.first)
   if args.json:

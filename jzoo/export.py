@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from jzoo import cli, registry
+from jzoo import cli, loading, registry
 from jzoo import config as config_lib
 from jzoo.errors import CheckpointError, UserError
 
@@ -32,12 +32,12 @@ def main(argv=None):
     raise UserError(f"only --config.sample.* can change at export, not --config.{bad[0]}")
   if not os.path.isdir(args.workdir):
     raise CheckpointError(f"training directory {args.workdir!r} does not exist")
-  config = registry.training_config(args.workdir)
+  config = loading.training_config(args.workdir)
   if config is None:
     raise CheckpointError(f"no <stage>/config.json under {args.workdir!r}; is it a jzoo.train workdir?")
   config = config_lib.with_overrides(config, overrides)
   model = registry.build_model(config)
-  out = registry.export_bundle(args.workdir, args.name, model.stages, config, args.out)
+  out = loading.export_bundle(args.workdir, args.name, model.stages, config, args.out)
   for name in sorted(os.listdir(out)):
     path = os.path.join(out, name)
     print(f"{path}  {os.path.getsize(path) / 1e6:.2f} MB")

@@ -19,6 +19,7 @@ import sys
 from jzoo import cli
 from jzoo import config as config_lib
 from jzoo import registry
+from jzoo.models import params as params_lib
 from jzoo.errors import ConfigError, UserError
 
 
@@ -53,8 +54,8 @@ def parse_mesh(text):
 
 
 def parameter_counts(model):
-  from jzoo.models.base import count_params
-  return {stage: count_params(registry.abstract_params(model, stage)) for stage in model.stages}
+  from jzoo.models.params import count_params
+  return {stage: count_params(params_lib.abstract_params(model, stage)) for stage in model.stages}
 
 
 def _topology(name):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, run on one with jzoo installed; results land in OUT:
-#   scripts/gpu_check.sh OUT [tests] [bench] [smoke] [train END_SECONDS] [peers]
+#   scripts/gpu_check.sh OUT [tests] [benchsmoke] [bench] [smoke] [train END_SECONDS] [peers]
 #   tests  the Pallas GPU kernel, compiled, against the dense reference (pytest -m gpu)
+#   benchsmoke  every benchmark script's --smoke run (seconds each; on the GPU, the Pallas
+#          kernels compiled for real, and the peers where imagen-pytorch & co. are importable)
 #   bench  benchmarks/nearby_attention.py: the kernel against cuDNN/XLA dense attention and
 #          the blocked XLA path, side by side, at the issue's shape and at a NUWA-like one
 #          (OUT/bench_issue.json, OUT/bench_nuwa.json)
@@ -51,6 +53,14 @@ while [ $# -gt 0 ]; do
   case $1 in
     tests)
       part tests 150 "$PY" -m pytest -q -m gpu tests/test_nearby_attention.py -p no:cacheprovider
+      shift ;;
+    benchsmoke)
+      for b in nearby_attention nearby_attention_tiles xla_cpu_options input_pipeline \
+          peers/imagen_training_sampling peers/nuwa_decoding \
+          "peers/phenaki_training_sampling --candidates 2"; do
+        name=${b%% *}; extra=${b#"$name"}
+        part "smoke_${name#peers/}" 300 "$PY" "benchmarks/$name.py" --smoke --json $extra
+      done
       shift ;;
     bench)
       for b in "issue" "nuwa --batch 8 --heads 8 --head-dim 64 --causal --scaling-frames 8 16 32"; do

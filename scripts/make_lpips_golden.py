@@ -13,7 +13,7 @@ once and stored in tests/golden/:
 
 The network is `lpips.LPIPS(net='vgg', version='0.1')` in eval mode, built with
 `pnet_rand=True, pretrained=False` so nothing is downloaded, then given every
-weight from `jzoo.eval.lpips.random_state_dict(0)` (a NumPy-only recipe the
+weight from `jzoo.nn.lpips.random_state_dict(0)` (a NumPy-only recipe the
 test reruns) by a strict load_state_dict.
 
 Run it in a separate environment (not jzoo's; jax and flax are there only to
@@ -42,8 +42,8 @@ import lpips  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-from jzoo.eval import lpips as jz_lpips  # noqa: E402  (random_state_dict, expected names)
-from jzoo.eval.inception import read_torch_state_dict  # noqa: E402
+from jzoo.nn import lpips as jz_lpips  # noqa: E402  (random_state_dict, expected names)
+from jzoo.io.weight_files import read_torch_state_dict  # noqa: E402
 
 OUT = os.path.join(ROOT, "tests", "golden")
 SEED = 0

@@ -1,5 +1,6 @@
 """Writes notebooks/*.ipynb (kept as a script so the notebooks' source is reviewable and shared)."""
 
+import copy
 import os
 
 import nbformat
@@ -7,18 +8,35 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Colab has no checkout: jzoo comes from a pip spec (a git URL, a wheel or a folder). Where jzoo is
+# already importable (CI runs the notebooks from the installed checkout) nothing is installed.
+INSTALL_NOTE = new_markdown_cell(
+    "## Install\n\n"
+    "Where jzoo is already installed (a checkout after `pip install -e .`, CI) the next cell does "
+    "nothing. On Colab or a fresh machine set `JZOO_PIP_SPEC` in it to what pip should install:\n\n"
+    "- the repository's git URL: `git+https://github.com/<owner>/jzoo.git` (add `@<tag or commit>` "
+    "to pin a version);\n"
+    "- a wheel you uploaded: `/content/jzoo-0.1.0-py3-none-any.whl` (built with "
+    "`pip wheel --no-deps .` in a checkout);\n"
+    "- a checkout: `/content/jzoo` (e.g. after `!git clone`).\n\n"
+    "Left empty, it installs the checkout this notebook sits in (`notebooks/..`) when there is one.")
+
 INSTALL = new_code_cell(
-    "# Colab / a fresh machine: install jzoo from your clone of the repository.\n"
-    "# (Skipped where jzoo is already installed.)\n"
-    "import importlib.util, subprocess, sys\n"
-    "JZOO_SOURCE = '.'  # path to the jzoo checkout\n"
+    "import importlib.util, os, subprocess, sys\n"
+    "JZOO_PIP_SPEC = ''  # Colab: a git URL, a wheel or a folder (see above)\n"
     "if importlib.util.find_spec('jzoo') is None:\n"
-    "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '-e', f'{JZOO_SOURCE}[dev]'], check=True)")
+    "    checkout = [d for d in ('..', '.') if os.path.isfile(os.path.join(d, 'jzoo', '__init__.py'))]\n"
+    "    spec = JZOO_PIP_SPEC or (checkout[0] if checkout else None)\n"
+    "    if spec is None:\n"
+    "        raise SystemExit('jzoo is not installed: set JZOO_PIP_SPEC above to a git URL, a wheel or a folder')\n"
+    "    # mediapy shows the samples (jzoo's `dev` extra; the rest of that extra is for tests).\n"
+    "    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', spec, 'mediapy'], check=True)")
 
 SETUP = new_code_cell(
     "import os\n"
+    "import jzoo  # before jax: off a TPU, jzoo keeps JAX from probing for TPU chips\n"
+    "from jzoo import registry\n"
     "import jax, numpy as np, mediapy\n"
-    "from jzoo import api, registry\n"
     "import imageio_ffmpeg  # mediapy shows videos through ffmpeg; imageio-ffmpeg ships a binary\n"
     "mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())\n"
     "FAST = bool(os.environ.get('JZOO_NOTEBOOK_FAST'))  # CI runs the notebooks with few steps\n"
@@ -29,7 +47,8 @@ LOAD_DEFAULT = (
     "bundled = registry.get_entry(name).bundled\n"
     "if not bundled:  # a checkout before the bundled weights were trained: a random micro model\n"
     "    name = 'imagen-micro'\n"
-    "model, params = api.load(name, random_weights=not bundled)\n")
+    "pipe = jzoo.load(name, random_weights=not bundled)  # the model and its weights\n"
+    "model, params = pipe.model, pipe.params\n")
 
 # A `moving_shapes` test clip at the model's size (video prediction / image-to-video cells).
 FIRST_FRAME_CLIP = (
@@ -43,6 +62,7 @@ quickstart = [
         "Sample from the bundled text-to-image model, look at the `shapes` and `moving_shapes` "
         "datasets every model trains on, and train a micro model for a few steps — on a CPU, "
         "a Colab GPU or a TPU VM, with the same code."),
+    INSTALL_NOTE,
     INSTALL,
     SETUP,
     new_markdown_cell("## Text to image\n\nThe default model; prompts follow the `shapes` captions "
@@ -53,7 +73,7 @@ quickstart = [
         "           'a small blue square in the top left corner',\n"
         "           'a green triangle to the left of a yellow circle',\n"
         "           'a white square above a magenta circle']\n"
-        "images = api.generate(model, params, prompts, seed=0, steps=4 if FAST else None)\n"
+        "images = pipe(prompts, seed=0, steps=4 if FAST else None)\n"
         "mediapy.show_images(list(images), titles=[p[:28] for p in prompts], width=160)"),
     new_markdown_cell("## The datasets\n\nProcedurally rendered, deterministic by (split, index), "
                       "no download."),
@@ -87,6 +107,7 @@ imagen = [
         "32×32 base model and a 32→64 super-resolution model with noise conditioning "
         "augmentation, sampled in one jitted call. Here: the stages side by side, and what "
         "classifier-free guidance does."),
+    INSTALL_NOTE,
     INSTALL,
     SETUP,
     new_code_cell(
@@ -129,6 +150,7 @@ phenaki = [
         "(MaskGIT) conditioned on a frozen T5 encoder (Villegas et al. 2022): text-to-video, a "
         "story told by several prompts in one long video, image-to-video, and what the tokenizer "
         "keeps of a clip."),
+    INSTALL_NOTE,
     INSTALL,
     SETUP,
     new_code_cell(
@@ -136,27 +158,28 @@ phenaki = [
         "bundled = registry.get_entry(name).bundled\n"
         "if not bundled:  # a checkout before the bundled weights were trained: a random micro model\n"
         "    name = 'phenaki-micro'\n"
-        "model, params = api.load(name, random_weights=not bundled)\n"
+        "pipe = jzoo.load(name, random_weights=not bundled)  # the model and its weights\n"
+        "model, params = pipe.model, pipe.params\n"
         "steps = 2 if FAST else None\n"
         "print(name, model.stages, model.output_shape)"),
     new_markdown_cell("## Text to video\n\nPrompts follow the `moving_shapes` captions."),
     new_code_cell(
         "prompts = ['a red circle moving right', 'a blue square moving up',\n"
         "           'a green triangle moving left and a yellow circle moving down']\n"
-        "videos = api.generate(model, params, prompts, seed=0, steps=steps)\n"
+        "videos = pipe(prompts, seed=0, steps=steps)\n"
         "mediapy.show_videos(list(videos), titles=[p[:30] for p in prompts], width=160, fps=8)"),
     new_markdown_cell("## A story\n\nEach prompt continues the video: the next segment starts "
                       "from the re-encoded last frame of the previous one."),
     new_code_cell(
         "story = ['a white square moving right', 'a white square moving down', 'a white square moving left']\n"
-        "long_video = api.generate(model, params, story, seed=0, steps=steps, story=True)[0]\n"
+        "long_video = pipe(story, seed=0, steps=steps, story=True)[0]\n"
         "print(long_video.shape)\n"
         "mediapy.show_video(long_video, width=200, fps=8)"),
     new_markdown_cell("## Image to video\n\nThe first frame is given (here: the first frame of a "
                       "`moving_shapes` clip); its tokens stay fixed while the rest is decoded."),
     new_code_cell(
         FIRST_FRAME_CLIP +
-        "continued = api.generate(model, params, [clip['caption']], steps=steps, start=clip['video'][:1])[0]\n"
+        "continued = pipe([clip['caption']], steps=steps, start=clip['video'][:1])[0]\n"
         "mediapy.show_videos([clip['video'], continued], titles=[clip['caption'], 'from its first frame'], width=160, fps=8)"),
     new_markdown_cell("## What the tokenizer keeps\n\nC-ViViT reconstructions of `moving_shapes` "
                       "test clips, and their PSNR."),
@@ -178,6 +201,7 @@ nuwa = [
         "2021): text-to-video, video prediction from a first frame, and what a token of the "
         "decoder attends to. Sampling is autoregressive with a key/value cache, so each new token "
         "costs the size of its 3D box, not of the video."),
+    INSTALL_NOTE,
     INSTALL,
     SETUP,
     new_code_cell(
@@ -185,18 +209,19 @@ nuwa = [
         "bundled = registry.get_entry(name).bundled\n"
         "if not bundled or FAST:  # no bundled weights yet, or CI: a random micro model\n"
         "    name = 'nuwa-micro'\n"
-        "model, params = api.load(name, random_weights=not registry.get_entry(name).bundled)\n"
+        "pipe = jzoo.load(name, random_weights=not registry.get_entry(name).bundled)  # the model and its weights\n"
+        "model, params = pipe.model, pipe.params\n"
         "print(name, model.stages, model.output_shape, 'token grid', model.grid)"),
     new_markdown_cell("## Text to video"),
     new_code_cell(
         "prompts = ['a red circle moving right', 'a blue square moving up']\n"
-        "videos = api.generate(model, params, prompts, seed=0)\n"
+        "videos = pipe(prompts, seed=0)\n"
         "mediapy.show_videos(list(videos), titles=prompts, width=160, fps=8)"),
     new_markdown_cell("## Video prediction\n\nThe first frame of a `moving_shapes` clip is given; "
                       "its tokens are fixed and the rest of the video is sampled after them."),
     new_code_cell(
         FIRST_FRAME_CLIP +
-        "predicted = api.generate(model, params, [clip['caption']], start=clip['video'][:1])[0]\n"
+        "predicted = pipe([clip['caption']], start=clip['video'][:1])[0]\n"
         "mediapy.show_videos([clip['video'], predicted], titles=[clip['caption'], 'predicted from frame 0'], width=160, fps=8)"),
     new_markdown_cell("## What a token attends to\n\nThe decoder's causal 3D nearby attention: for "
                       "one query token (white), the cached tokens it reads (grey) in each frame of "
@@ -220,7 +245,9 @@ nuwa = [
 
 
 def write(name, cells):
-  nb = new_notebook(cells=cells, metadata={
+  # Cell ids by position (nbformat draws random ones), so regenerating changes only what changed.
+  cells = [dict(copy.deepcopy(c), id=f"{name}-{i}") for i, c in enumerate(cells)]
+  nb = new_notebook(cells=[nbformat.from_dict(c) for c in cells], metadata={
       "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
       "language_info": {"name": "python"},
       "colab": {"provenance": []},

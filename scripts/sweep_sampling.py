@@ -16,24 +16,17 @@ differ by family). Used to pick the sampling defaults that
 
 import argparse
 import json
-import os
 
-from jzoo import api
+import jzoo
 from jzoo import evaluate as evaluate_lib
-from jzoo import registry
-from jzoo import sample
 
 
 def main(model_ref, num, *settings, first=500):
-  # A directory is loaded as `--checkpoint` is (its own config.json decides the model).
-  is_dir = os.path.isdir(model_ref)
-  loaded, params = api.load(registry.DEFAULT_MODEL if is_dir else model_ref,
-                            checkpoint=model_ref if is_dir else None)
+  loaded = jzoo.load(model_ref)  # a directory's own config decides the model
   for setting in settings:
-    overrides = [f"sample.{kv}" for kv in setting.split(",")]
     # Sampling settings never change the parameters.
-    model = sample.with_sampling(loaded, overrides)
-    r = evaluate_lib.evaluate(model, params, "test", int(num), seed=0, first=first)
+    pipe = loaded.with_sampling(*setting.split(","))
+    r = evaluate_lib.evaluate(pipe, "test", int(num), seed=0, first=first)
     print(json.dumps(dict(setting=setting, first=first, num=int(num), accuracy=r["accuracy"],
                           attributes=r["attributes"],
                           forms={k: v["accuracy"] for k, v in r["forms"].items()})), flush=True)

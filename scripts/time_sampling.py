@@ -13,23 +13,22 @@ import time
 
 import numpy as np
 
-from jzoo import api
+import jzoo
 from jzoo import evaluate
-from jzoo import sample
 
 
 def main(name, num, *settings):
-  loaded, params = api.load(name)
-  dataset, shape = evaluate.dataset_of(loaded), tuple(loaded.output_shape)
+  loaded = jzoo.load(name)
+  dataset, shape = evaluate.dataset_of(loaded.model), tuple(loaded.output_shape)
   captions = [evaluate.scene(dataset, "test", i, shape)["caption"] for i in range(num)]
   first_output = None
   for setting in settings:
-    model = sample.with_sampling(loaded, [f"sample.{kv}" for kv in setting.split(",")])
+    pipe = loaded.with_sampling(*setting.split(","))
     start = time.perf_counter()
-    api.generate(model, params, captions, seed=0, batch_size=num)
+    pipe(captions, seed=0, batch_size=num)
     with_compile = time.perf_counter() - start
     start = time.perf_counter()
-    out = api.generate(model, params, captions, seed=1, batch_size=num)
+    out = pipe(captions, seed=1, batch_size=num)
     seconds = time.perf_counter() - start
     first_output = out if first_output is None else first_output
     differ = int(np.sum(out != first_output))

@@ -191,6 +191,43 @@ def test_corrupted_renders_are_rejected():
     _rejected(e["image"], _one_caption(dict(a, cell=cell)), "count")
 
 
+def _dim(image, level):
+  """The render at `level` of its brightness: every pixel scaled toward the black background."""
+  return np.round(image.astype(np.float32) * level).astype(np.uint8)
+
+
+def test_dim_objects_are_detected_with_their_attributes():
+  # Below half brightness no pixel is half covered in absolute terms: the evaluator must measure
+  # coverage against the object's own interior first (what a reader sees: a dark red circle).
+  examples = [shapes.image_example("test", i) for i in range(8)]
+  for e in examples:
+    for level in (0.45, 0.25):
+      image = _dim(e["image"], level)
+      found = alignment.detect_objects(image)
+      assert len(found) == len(e["objects"]), (e["caption"], level)
+      for obj in e["objects"]:
+        det = min(found, key=lambda d: np.hypot(*np.subtract(d["center"], obj["center"])))
+        assert (det["color"], det["shape"], det["size"]) == (obj["color"], obj["shape"], obj["size"])
+        assert np.abs(np.subtract(det["center"], obj["center"])).max() < 0.5
+        assert abs(det["side"] / obj["side"] - 1) < 0.05, (det["side"], obj["side"])
+        if obj["cell"] is not None:
+          assert det["cell"] == obj["cell"]
+      assert alignment.score_image(image, e["caption"])["correct"], (e["caption"], level)
+  # Dim is not wrong: a dim render of the wrong colour or shape, or a missing object, still fails.
+  for e in _examples("one", 6):
+    obj = e["objects"][0]
+    for change, attribute in ((dict(color=_other(shapes.COLORS, obj["color"])), "color"),
+                              (dict(shape=_other(shapes.SHAPES, obj["shape"])), "shape")):
+      _rejected(_dim(shapes.render_image([dict(obj, **change)], 64), 0.3), e["caption"], attribute)
+  for e in _examples("two", 6):
+    _rejected(_dim(shapes.render_image(e["objects"][:1], 64), 0.3), e["caption"], "count")
+  # Below the background threshold (10%) nothing is an object, dim or not.
+  assert alignment.detect_objects(_dim(examples[0]["image"], 0.08)) == []
+  # A video of dim frames reads as the bright one.
+  v = shapes.video_example("test", 0)
+  assert alignment.score_video(_dim(v["video"], 0.3), v["caption"])["correct"]
+
+
 def _video_caption(objects):
   return " and ".join(f"{shapes.with_article(o['color'], o['shape'])} moving {o['direction']}"
                       for o in objects)

@@ -5,7 +5,8 @@ score near 0, as random weights do)."""
 
 import pytest
 
-from jzoo import api, evaluate, registry
+import jzoo
+from jzoo import evaluate, registry
 
 # name -> (floor on 16 test captions, the card's accuracy on 500)
 FLOORS = {
@@ -22,7 +23,6 @@ def test_every_bundled_model_has_a_floor():
 
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_bundled_model_follows_its_captions(name):
-  model, params = api.load(name)
-  report = evaluate.evaluate(model, params, "test", num=16, seed=0, name=name)
+  report = evaluate.evaluate(jzoo.load(name), "test", num=16, seed=0)
   floor, _ = FLOORS[name]
   assert report["accuracy"] >= floor, (name, report["accuracy"], report["forms"])

@@ -16,8 +16,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from jzoo.errors import CheckpointError, UserError
-from jzoo.eval import clip
-from jzoo.eval.clip_tokenizer import CLIPTokenizer
+from jzoo.text import clip
+from jzoo.text.clip_tokenizer import CLIPTokenizer
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 FOLDER = os.path.join(GOLDEN, "clip_tiny")

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from jzoo import cache_codes, registry
+from jzoo import cache_codes, loading, registry
+from jzoo.models import params as params_lib
 from jzoo import config as config_lib
 from jzoo.data.sources import get_source
 from jzoo.errors import DataError
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.text.tokenizer import Tokenizer
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import Trainer, train_and_evaluate
 from jzoo.vq.code_cache import CodeCache
 from tests.model_helpers import noisy
@@ -74,13 +75,13 @@ def test_a_transformer_on_cached_codes_sees_the_same_loss_and_holds_no_tokenizer
   model, cached_model = registry.build_model(plain), registry.build_model(with_cache)
   assert "tokenizer" in model.frozen_stages("transformer")
   assert "tokenizer" not in cached_model.frozen_stages("transformer")
-  batch_spec = registry.abstract_batch(cached_model, "transformer", 2)
+  batch_spec = params_lib.abstract_batch(cached_model, "transformer", 2)
   assert "video" not in batch_spec and batch_spec["codes"].shape == (2, *model.code_grid)
 
   video, captions = _clips(model, BATCH)
   tokens, mask = Tokenizer.load(plain.text.tokenizer).encode_batch(captions, plain.text.length)
   codes = np.stack([CodeCache(out)[i]["codes"] for i in range(BATCH)])
-  params = noisy(registry.random_params(model, "transformer", jax.random.PRNGKey(0)), scale=0.1)
+  params = noisy(params_lib.random_params(model, "transformer", jax.random.PRNGKey(0)), scale=0.1)
   frozen = {s: checkpoint.load_params(workdir, s) for s in ("text_encoder", "tokenizer")}
   rng = jax.random.PRNGKey(1)
   batch = {"tokens": tokens, "mask": mask}
@@ -96,7 +97,7 @@ def test_a_transformer_on_cached_codes_sees_the_same_loss_and_holds_no_tokenizer
   _train(with_cache, workdir)
   assert checkpoint.latest_step(workdir, "transformer") == STEPS
   bundle = os.path.join(workdir, "export")  # stands alone: no path of this machine's cache
-  registry.export_bundle(workdir, "phenaki-micro", cached_model.stages, with_cache, bundle)
+  loading.export_bundle(workdir, "phenaki-micro", cached_model.stages, with_cache, bundle)
   with open(os.path.join(bundle, "config.json")) as f:
     assert json.load(f)["tokenizer"]["cache"] == ""
 

@@ -15,7 +15,8 @@ from jzoo import registry
 from jzoo.data import shapes
 from jzoo.errors import UserError
 from jzoo.eval import report as report_lib
-from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Model
+from jzoo.models.base import RECONSTRUCT, TEXT_TO_IMAGE, TEXT_TO_VIDEO, Model
+from jzoo.pipeline import Pipeline
 from jzoo.text.tokenizer import Tokenizer
 from tests import cli_helpers
 
@@ -25,6 +26,7 @@ class FakeModel(Model):
   pixels out, under jit), corrupted for the examples in `corrupt`: so the right accuracy is known."""
 
   stages = ("fake",)
+  extra_capabilities = ()
 
   def __init__(self, task, output_shape, split, num, corrupt):
     # Models compare (and jit caches) by type and config, so everything that changes what
@@ -33,7 +35,8 @@ class FakeModel(Model):
         text=dict(tokenizer="shapes", length=32), sample=dict(steps=1, guidance=0.0),
         fake=dict(task=task, output_shape=list(output_shape), split=split, num=num,
                   corrupt=sorted(corrupt)))))
-    self.task, self._shape, self.split, self.corrupt = task, tuple(output_shape), split, set(corrupt)
+    self.capabilities = frozenset({task, *self.extra_capabilities})
+    self._shape, self.split, self.corrupt = tuple(output_shape), split, set(corrupt)
     self.index = {}
     for i in range(num):
       self.index.setdefault(self._scene(i)["caption"], i)
@@ -94,7 +97,8 @@ def _check_files(report, out_dir, marks=True):
 def test_evaluate_images_gives_the_known_accuracy(tmp_path):
   num, corrupt = 12, {1, 4, 5, 9}
   model = FakeModel(TEXT_TO_IMAGE, (64, 64), "test", num, corrupt)
-  report = evaluate_lib.evaluate(model, {}, "test", num, seed=0, out_dir=str(tmp_path), batch_size=5,
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", num, seed=0,
+                                 out_dir=str(tmp_path), batch_size=5,
                                  name="fake")
   expected = _expected(model, num)
   assert report["correct"] == sum(expected) and report["accuracy"] == pytest.approx(np.mean(expected))
@@ -112,7 +116,7 @@ def test_evaluate_images_gives_the_known_accuracy(tmp_path):
 
 def test_evaluate_a_perfect_model_on_the_compositional_split():
   model = FakeModel(TEXT_TO_IMAGE, (32, 32), "compositional", 6, corrupt=())
-  report = evaluate_lib.evaluate(model, {}, "compositional", 6)
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "compositional", 6)
   assert report["accuracy"] == 1.0 and report["output_shape"] == [32, 32]
   assert report["frechet_distance"] == pytest.approx(0.0, abs=1e-6)  # the real examples themselves
   assert "files" not in report
@@ -121,7 +125,7 @@ def test_evaluate_a_perfect_model_on_the_compositional_split():
 def test_evaluate_videos_gives_the_known_accuracy(tmp_path):
   num, corrupt = 6, {0, 3}
   model = FakeModel(TEXT_TO_VIDEO, (8, 32, 32), "test", num, corrupt)
-  report = evaluate_lib.evaluate(model, {}, "test", num, out_dir=str(tmp_path))
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", num, out_dir=str(tmp_path))
   expected = _expected(model, num)
   assert [s["correct"] for s in report["samples"]] == expected
   assert report["attributes"]["direction"] == pytest.approx(np.mean(expected))
@@ -134,18 +138,20 @@ def test_evaluate_videos_gives_the_known_accuracy(tmp_path):
 class FakeTokenizerModel(FakeModel):
   """A video model with a visual tokenizer whose round trip shifts every value by 0.1."""
 
+  extra_capabilities = (RECONSTRUCT,)
+
   def reconstruct(self, params, video):
     return video - 0.1
 
 
 def test_evaluate_reports_the_tokenizer_psnr():
   model = FakeTokenizerModel(TEXT_TO_VIDEO, (4, 32, 32), "test", 5, corrupt=())
-  report = evaluate_lib.evaluate(model, {}, "test", 5, batch_size=2)
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", 5, batch_size=2)
   assert report["tokenizer_psnr"] == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
   assert report["tokenizer_accuracy"] == 1.0  # a shift by 0.1 keeps every colour readable
   assert "tokenizer PSNR 26.02 dB" in evaluate_lib.headline(dict(report, model="fake"))
-  assert "tokenizer_psnr" not in evaluate_lib.evaluate(FakeModel(TEXT_TO_VIDEO, (4, 32, 32),
-                                                                 "test", 2, ()), {}, "test", 2)
+  assert "tokenizer_psnr" not in evaluate_lib.evaluate(Pipeline(FakeModel(TEXT_TO_VIDEO, (4, 32, 32),
+                                                                 "test", 2, ()), {}, "fake"), "test", 2)
 
 
 CLIP_TINY = os.path.join(os.path.dirname(__file__), "golden", "clip_tiny")
@@ -154,24 +160,25 @@ CLIP_TINY = os.path.join(os.path.dirname(__file__), "golden", "clip_tiny")
 def test_evaluate_adds_fid_and_clip_score():
   """With the metric networks given (random Inception weights, the tiny golden CLIP), the report
   carries FID (0 for a model that renders the real samples) and the CLIP score of its pairs."""
-  from jzoo.eval import clip as clip_lib
+  from jzoo.text import clip as clip_lib
   from jzoo.eval import inception
   model = FakeModel(TEXT_TO_VIDEO, (4, 32, 32), "test", 3, corrupt=())
   fid_params = inception.params_from_state_dict(inception.random_state_dict(0))
   clip = clip_lib.load_clip(CLIP_TINY)
-  report = evaluate_lib.evaluate(model, {}, "test", 3, fid_params=fid_params, clip=clip)
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", 3, fid_params=fid_params,
+                                 clip=clip)
   assert report["fid"] == pytest.approx(0.0, abs=1e-3)
   middle = [shapes.render_video(model._scene(i)["objects"], 32, 4)[2] for i in range(3)]
   want = clip_lib.clip_score(middle, [model._scene(i)["caption"] for i in range(3)], *clip)[0]
   assert report["clip_score"] == pytest.approx(want) and 0 <= want <= 100
   assert "FID 0.00" in evaluate_lib.headline(dict(report, model="fake"))
-  assert "fid" not in evaluate_lib.evaluate(model, {}, "test", 2)
+  assert "fid" not in evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", 2)
 
 
 def test_evaluate_from_a_later_caption_scores_those_captions():
   # Settings are tuned on captions the cards' scores (the first 500) skip: `first` moves the window.
   model = FakeModel(TEXT_TO_IMAGE, (32, 32), "test", 9, corrupt={4, 7})
-  report = evaluate_lib.evaluate(model, {}, "test", 5, first=3)
+  report = evaluate_lib.evaluate(Pipeline(model, {}, "fake"), "test", 5, first=3)
   want = _expected(model, 8)[3:]
   assert [s["index"] for s in report["samples"]] == [3, 4, 5, 6, 7]
   assert [s["caption"] for s in report["samples"]] == [model._scene(i)["caption"] for i in range(3, 8)]
@@ -185,7 +192,7 @@ def test_evaluate_from_a_later_caption_scores_those_captions():
 def test_evaluate_rejects_bad_requests(split, num, first, message):
   model = FakeModel(TEXT_TO_IMAGE, (32, 32), "test", 1, corrupt=())
   with pytest.raises(UserError, match=message):
-    evaluate_lib.evaluate(model, {}, split, num, first=first)
+    evaluate_lib.evaluate(Pipeline(model, {}, "fake"), split, num, first=first)
 
 
 def run_main(argv, capsys):

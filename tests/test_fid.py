@@ -16,6 +16,7 @@ from flax import traverse_util
 from jzoo.errors import CheckpointError
 from jzoo.eval import fid
 from jzoo.eval import inception
+from jzoo.io import weight_files
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 IMAGES = ("image_299", "image_64x48", "image_330x310")  # as is, upsampled, downsampled
@@ -78,7 +79,7 @@ def _tiny_expected():
 
 @pytest.mark.parametrize("name", ["fid_inception_tiny.pth", "fid_inception_tiny_legacy.pth"])
 def test_torch_reader_is_exact(name):
-  got = inception.read_torch_state_dict(os.path.join(GOLDEN, name))
+  got = weight_files.read_torch_state_dict(os.path.join(GOLDEN, name))
   expected = _tiny_expected()
   assert list(got) == list(expected)  # the OrderedDict's order
   for k, v in expected.items():
@@ -93,7 +94,7 @@ def test_torch_reader_refuses_code(tmp_path, where):
   path = tmp_path / "evil.pth"
   path.write_bytes(b"".join(pickle.dumps(p) for p in parts))
   with pytest.raises(CheckpointError, match="posix.system is not allowed"):
-    inception.read_torch_state_dict(path)
+    weight_files.read_torch_state_dict(path)
 
 
 def test_safetensors_round_trip(tmp_path, state_dict, params):

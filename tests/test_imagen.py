@@ -10,11 +10,13 @@ import optax
 import pytest
 
 from jzoo import config as config_lib
-from jzoo import registry
+from jzoo import loading
 from jzoo.configs import imagen as imagen_configs
 from jzoo.errors import CheckpointError, ConfigError
 from jzoo.models import imagen
-from jzoo.models.base import Request, count_params
+from jzoo.models.base import Request
+from jzoo.models import params as params_lib
+from jzoo.models.params import count_params
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings
 
@@ -49,7 +51,7 @@ def batch_for(model, stage, batch_size=B, seed=0):
 
 def random_params(model, stage, seed=0):
   """Random parameters from the abstract shapes (no initialiser compile; outputs are nonzero)."""
-  shapes = registry.abstract_params(model, stage)
+  shapes = params_lib.abstract_params(model, stage)
   rng = np.random.default_rng(seed)
 
   def fill(leaf):
@@ -95,7 +97,7 @@ def test_tiny_shapes_cascade_ends_at_64():
 def test_paper_parameter_counts_within_ten_percent():
   m = imagen.build(config_lib.load("imagen:paper"))
   assert m.cascade == ("base", "sr256", "sr1024") and m.output_shape == (1024, 1024)
-  counts = {s: count_params(registry.abstract_params(m, s)) for s in m.stages}
+  counts = {s: count_params(params_lib.abstract_params(m, s)) for s in m.stages}
   targets = {"base": 2.0e9, "sr256": 6.0e8, "sr1024": 4.0e8}
   for stage, target in targets.items():
     assert abs(counts[stage] / target - 1) < 0.10, (stage, counts[stage])
@@ -124,7 +126,7 @@ def test_every_stage_shapes_and_dtypes(model, params):
   frozen = {"text_encoder": params["text_encoder"]}
   for stage in model.stages:
     batch = batch_for(model, stage)
-    abstract = registry.abstract_params(model, stage)
+    abstract = params_lib.abstract_params(model, stage)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(abstract))
     loss, metrics = jax.eval_shape(lambda p, b: model.loss(stage, p, b, jax.random.PRNGKey(0),
                                                            frozen), params[stage], batch)
@@ -135,7 +137,7 @@ def test_every_stage_shapes_and_dtypes(model, params):
 def test_stage_parameters_shard_evenly_on_a_3d_mesh(model):
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   for stage in model.stages:
-    batch = registry.abstract_batch(model, stage, B)
+    batch = params_lib.abstract_batch(model, stage, B)
     boxed = jax.eval_shape(lambda r, b, s=stage: model.init(s, r, b)["params"],
                            jax.random.PRNGKey(0), batch)
     shardings = logical_shardings(boxed, mesh, model.axis_rules)
@@ -215,7 +217,7 @@ def test_imported_text_encoder_weights_take_the_frozen_path(model, params, tmp_p
   ocp.PyTreeCheckpointer().save(path, {"target": jax.tree_util.tree_map(np.asarray,
                                                                         params["text_encoder"])})
   imported = imagen.build(micro_config(f"text_encoder.weights={path}"))
-  frozen = imported.load_frozen("base", "/nonexistent/model_dir")
+  frozen = loading.load_frozen(imported, "base", "/nonexistent/model_dir")
   for a, b in zip(jax.tree_util.tree_leaves(frozen["text_encoder"]),
                   jax.tree_util.tree_leaves(params["text_encoder"])):
     np.testing.assert_array_equal(a, b)
@@ -224,7 +226,7 @@ def test_imported_text_encoder_weights_take_the_frozen_path(model, params, tmp_p
                                            jax.random.PRNGKey(0), {}), params["text_encoder"])
   missing = imagen.build(micro_config("text_encoder.weights=/nonexistent/t5"))
   with pytest.raises(CheckpointError):
-    missing.load_frozen("base", "/nonexistent/model_dir")
+    loading.load_frozen(missing, "base", "/nonexistent/model_dir")
 
 
 # --- generation ---------------------------------------------------------------------

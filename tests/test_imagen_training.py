@@ -11,7 +11,7 @@ from jzoo import config as config_lib
 from jzoo import export, sample
 from jzoo import train as train_py
 from jzoo.io import tree_files
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import train_and_evaluate
 from jzoo.training.metrics import read_metrics
 

@@ -15,7 +15,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from jzoo.errors import CheckpointError
-from jzoo.eval import lpips
+from jzoo.nn import lpips
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 SIZES = ("64", "48")  # 3 pairs of 64x64, 1 pair of 48x40 (odd pooling: 5x3 -> 2x1 at relu5_3)

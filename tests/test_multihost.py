@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import train_and_evaluate
 from jzoo.training.metrics import read_metrics
 from tests.test_training import ROOT, STAGE, TOY, toy_config

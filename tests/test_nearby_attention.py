@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jzoo.kernels.nearby_attention import api, reference, sharded, xla
+from jzoo.kernels.nearby_attention import api, reference, xla
 from jzoo.kernels.nearby_attention import _tiles, pallas_gpu, pallas_tpu
-from jzoo.kernels.nearby_attention import nearby_attention, sharded_nearby_attention
+from jzoo.kernels import nearby_attention
+from jzoo.nn import sharded_attention as sharded
+from jzoo.nn.sharded_attention import sharded_nearby_attention
 
 TOL = 1e-5
 

@@ -8,12 +8,13 @@ import pytest
 from PIL import Image
 
 from jzoo import config as config_lib
-from jzoo import registry
 from jzoo import sample
 from jzoo.configs import phenaki as phenaki_configs
 from jzoo.errors import ConfigError
 from jzoo.models import phenaki
-from jzoo.models.base import Request, count_params
+from jzoo.models import params as params_lib
+from jzoo.models.params import count_params
+from jzoo.models.base import Request
 from jzoo.nn import maskgit
 from tests.model_helpers import caption_batch, fit, noisy, train_micro_stages
 
@@ -73,7 +74,7 @@ def test_configs_and_stages():
 
 def test_paper_parameter_counts_are_the_papers():
   model = phenaki.build(config_lib.load("phenaki:paper"))
-  counts = {s: count_params(registry.abstract_params(model, s)) for s in model.stages}
+  counts = {s: count_params(params_lib.abstract_params(model, s)) for s in model.stages}
   assert 1.6e9 < counts["transformer"] < 2.0e9, counts  # "a 1.8B parameter transformer"
   assert 4.6e9 < counts["text_encoder"] < 4.9e9, counts  # T5-XXL encoder
   assert counts["tokenizer"] < 2e8, counts
@@ -256,17 +257,37 @@ def test_generate_shapes_and_seed_reproducibility(model, params):
   np.testing.assert_array_equal(a, b)
 
 
-def test_guidance_weight_one_is_the_conditional_model(model, params):
+def test_sampling_decodes_from_classifier_free_guided_logits(model, params, monkeypatch):
+  """The logits MaskGIT decodes from at guidance w (what `sample_codes` hands `maskgit.decode`)
+  are uncond + w·(cond - uncond) of two transformer calls, with and without the text: w = 0 is
+  the unconditional model, w = 1 the conditional one, w = 3 extrapolates past it."""
   batch = moving_square_batch(model)
-  b = batch["tokens"].shape[0]
+  n = model.time_tokens * model.grid ** 2
+  rng = np.random.default_rng(0)  # a canvas mid-decoding: half the tokens still [MASK]
+  canvas = np.where(rng.random((B, n)) < 0.5, model.mask_id, rng.integers(0, model.mask_id, (B, n)))
+  canvas = jnp.asarray(canvas, jnp.int32)
+  seen = []
+
+  def decode(logits_fn, given_tokens, given, rng, **kwargs):  # records, decodes nothing
+    seen.append(logits_fn(canvas))
+    return given_tokens
+
+  monkeypatch.setattr(maskgit, "decode", decode)
+
+  @jax.jit  # one compile for every w: the guidance weight is traced, as in sampling
+  def guided(w):
+    model.sample_codes(params, batch["tokens"], batch["mask"], None, 1, w, jax.random.PRNGKey(0))
+    return seen.pop()
+
   text = model.text_encoder.encode(params["text_encoder"], batch["tokens"], batch["mask"])
-  tokens = jnp.full((b, model.time_tokens, model.grid, model.grid), model.mask_id, jnp.int32)
-  cond = model.transformer.apply({"params": params["transformer"]}, tokens, text, batch["mask"])
-  uncond = model.transformer.apply({"params": params["transformer"]}, tokens, text,
-                                   jnp.zeros_like(batch["mask"]))
-  assert float(jnp.abs(cond - uncond).max()) > 1e-4  # the text matters, so the check can fail
-  guided = uncond + 1.0 * (cond - uncond)
-  np.testing.assert_allclose(guided, cond, atol=1e-5)
+  apply = lambda mask: np.asarray(model.transformer.apply(
+      {"params": params["transformer"]}, canvas.reshape(B, *model.code_grid), text, mask)
+  ).reshape(B, n, -1)
+  cond, uncond = apply(batch["mask"]), apply(jnp.zeros_like(batch["mask"]))
+  assert np.abs(cond - uncond).max() > 1e-2  # the text matters, so each check can fail
+  np.testing.assert_allclose(guided(0.0), uncond, atol=1e-5)
+  np.testing.assert_allclose(guided(1.0), cond, atol=1e-5)
+  np.testing.assert_allclose(guided(3.0), uncond + 3.0 * (cond - uncond), atol=1e-4)
 
 
 def test_image_to_video_keeps_the_given_first_frame_tokens(model, params):

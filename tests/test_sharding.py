@@ -6,9 +6,10 @@ import pytest
 
 from jzoo import config as config_lib
 from jzoo import registry
+from jzoo.models import params as params_lib
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import Trainer, train_and_evaluate
 from tests.test_training import STAGE, toy_config
 
@@ -47,7 +48,7 @@ def test_no_parameter_left_replicated_where_the_rules_shard(family):
   rules = dict(model.axis_rules)
   checked = 0
   for stage in model.stages:
-    batch = registry.abstract_batch(model, stage, 8)  # divisible by the data axes (NUWA shard_maps)
+    batch = params_lib.abstract_batch(model, stage, 8)  # divisible by the data axes (NUWA shard_maps)
     with mesh_context(mesh, model.axis_rules):
       boxed = jax.eval_shape(lambda r, b: model.init(stage, r, b)["params"],
                              jax.random.PRNGKey(0), batch)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from jzoo import cache_text, registry
+from jzoo.models import params as params_lib
 from jzoo import config as config_lib
 from jzoo.data.sources import get_source
 from jzoo.errors import DataError
 from jzoo.text.cache import TextEmbeddingCache
 from jzoo.text.tokenizer import Tokenizer
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import Trainer, train_and_evaluate
 from jzoo.parallel import mesh as mesh_lib
 from tests.model_helpers import noisy
@@ -69,7 +70,7 @@ def test_a_stage_on_cached_embeddings_sees_the_encoders_loss_and_holds_no_encode
   model, cached_model = registry.build_model(plain), registry.build_model(with_cache)
   assert model.frozen_stages("base") == ("text_encoder",)
   assert cached_model.frozen_stages("base") == ()
-  assert "text" in registry.abstract_batch(cached_model, "base", 2)
+  assert "text" in params_lib.abstract_batch(cached_model, "base", 2)
 
   captions, source = _captions(BATCH)
   tokens, mask = Tokenizer.load(plain.text.tokenizer).encode_batch(captions, plain.text.length)
@@ -77,7 +78,7 @@ def test_a_stage_on_cached_embeddings_sees_the_encoders_loss_and_holds_no_encode
   text, cached_mask = TextEmbeddingCache(out).lookup(captions)
   # Fresh U-Net weights zero their residual and output convolutions, so the loss would not see
   # the text at all: every weight is perturbed.
-  params = noisy(registry.random_params(model, "base", jax.random.PRNGKey(0)), scale=0.1)
+  params = noisy(params_lib.random_params(model, "base", jax.random.PRNGKey(0)), scale=0.1)
   frozen = {"text_encoder": checkpoint.load_params(workdir, "text_encoder")}
   rng = jax.random.PRNGKey(1)
   loss = float(model.loss("base", params, {"image": image, "tokens": tokens, "mask": mask},

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.metrics import read_metrics
 from jzoo.vq.cvivit import tokenizer_loss
 from jzoo.vq.quantizer import VectorQuantizer
@@ -80,7 +80,7 @@ def test_trainer_applies_ema_codebook_l1_perceptual_and_adversarial_terms(tmp_pa
   the EMA update gives (the optimizer would leave them at their initial ones); the perceptual term
   is logged and in the loss; the adversarial terms switch on at their step."""
   import safetensors.numpy
-  from jzoo.eval import lpips
+  from jzoo.nn import lpips
   weights = str(tmp_path / "lpips.safetensors")
   safetensors.numpy.save_file(lpips.random_state_dict(0), weights)
   steps, decay, weight = 6, 0.9, 0.5

@@ -13,7 +13,7 @@ import pytest
 
 from jzoo import config as config_lib
 from jzoo.errors import TrainingDiverged, UserError
-from jzoo.training import checkpoint
+from jzoo.io import checkpoint
 from jzoo.training.loop import train_and_evaluate
 from jzoo.training.metrics import read_metrics
 from jzoo.training.optim import learning_rate_schedule

@@ -2,6 +2,8 @@
 
     python benchmarks/peers/imagen_training_sampling.py --peer-python PEER_VENV/bin/python \
         [--stage base|sr] [--rounds 5] [--json]
+    python benchmarks/peers/imagen_training_sampling.py --smoke [--json]  # seconds: the same
+        # steps at imagen:micro, one round; the peer only where this python has imagen-pytorch
 
 jzoo's `imagen:tiny_shapes` stage (`base`: 32x32; `sr`: 32->64) against an
 imagen-pytorch `Unet` + `Imagen` built from the same stage config: the same
@@ -51,12 +53,15 @@ import sys
 import time
 from unittest import mock
 
-SAMPLES, ROUNDS, TRAIN_REPEATS = 4, 5, 3
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # noqa: E402 - benchmarks/_common.py
+
+CONFIG, SAMPLES, ROUNDS, TRAIN_REPEATS = "imagen:tiny_shapes", 4, 5, 3
 
 # Shared by both peer scripts: keep the protocol on the real stdout (the peers print
 # advice), offline T5 config, torchvision stubbed when a CUDA build cannot load, the train
 # step factory and the serve loop.
-PEER_PRELUDE = """
+PEER_PRELUDE = _common.PATH_GUARD + """
 import importlib, json, sys, time, types
 out, sys.stdout = sys.stdout, sys.stderr
 try:
@@ -173,9 +178,9 @@ serve(info, {"train": train, "sample": sample})
 """
 
 
-def stage_settings(stage, overrides=()):
+def stage_settings(stage, overrides=(), config_ref=CONFIG):
   from jzoo import config as config_lib
-  config = config_lib.load("imagen:tiny_shapes", list(overrides))
+  config = config_lib.load(config_ref, list(overrides))
   s = config.stages[stage]
   steps = config.sample.steps if stage == "base" else config.sample.sr_steps
   return config, s, steps
@@ -253,16 +258,16 @@ def peer_mid_cross_attn(s):
               heads=max(2, s.channels * s.channel_mult[-1] // s.head_dim))
 
 
-def jzoo_model(stage, overrides=()):
+def jzoo_model(stage, overrides=(), config_ref=CONFIG):
   """(config, stage settings, sampling steps, model, params, conditioning of SAMPLES images)."""
   import jax
   import jax.numpy as jnp
 
-  from jzoo import registry
   from jzoo.models import imagen
-  config, s, steps = stage_settings(stage, overrides)
+  from jzoo.models import params as params_lib
+  config, s, steps = stage_settings(stage, overrides, config_ref)
   model = imagen.build(config)
-  params = registry.random_params(model, stage, jax.random.PRNGKey(0))
+  params = params_lib.random_params(model, stage, jax.random.PRNGKey(0))
   r, width = int(s.resolution), model.text_encoder.width
   text = text_embeddings((SAMPLES, model.text_length), width)
   mask = jnp.ones((SAMPLES, model.text_length), jnp.int32)
@@ -274,13 +279,13 @@ def jzoo_model(stage, overrides=()):
   return config, s, steps, model, params, cond
 
 
-def jzoo_counts(stage, overrides=()):
+def jzoo_counts(stage, overrides=(), config_ref=CONFIG):
   """jzoo's U-Net size: {params, gflops (XLA cost analysis of one image's forward), ...}."""
   import jax
   import jax.numpy as jnp
+  from jzoo.models import params as params_lib
 
-  from jzoo.models.base import count_params
-  config, s, steps, model, params, cond = jzoo_model(stage, overrides)
+  config, s, steps, model, params, cond = jzoo_model(stage, overrides, config_ref)
   r = int(s.resolution)
   unet = model.unets[stage]
   one = {k: v[:1] for k, v in cond.items()}
@@ -289,17 +294,17 @@ def jzoo_counts(stage, overrides=()):
                                             one["mask"], **extra))
   cost = forward.lower(params, jnp.zeros((1, r, r, 3))).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return dict(params=count_params(params), gflops=cost["flops"] / 1e9, steps=steps,
+  return dict(params=params_lib.count_params(params), gflops=cost["flops"] / 1e9, steps=steps,
               batch=int(s.train.batch_size), resolution=r, text_len=model.text_length,
               text_dim=model.text_encoder.width, jax=jax.__version__)
 
 
-def jzoo_side(stage, overrides=()):
+def jzoo_side(stage, overrides=(), config_ref=CONFIG):
   """({batch, compile seconds}, train_once, sample_once) for jzoo's stage, compiled."""
   import jax
 
   from jzoo.parallel import compiler
-  config, s, steps, model, params, cond = jzoo_model(stage, overrides)
+  config, s, steps, model, params, cond = jzoo_model(stage, overrides, config_ref)
   train_once, batch, train_compile = jzoo_train_step(config, stage)
   r = int(s.resolution)
 
@@ -326,10 +331,9 @@ class Peer:
   """The peer as a subprocess that times one command per line."""
 
   def __init__(self, python, code, cfg):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     self.proc = subprocess.Popen([python, "-c", code, json.dumps(cfg)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=env)
+                                 **_common.peer_process())
     self.info = self._read()
 
   def _read(self):
@@ -393,7 +397,9 @@ def best(times):
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--peer-python", required=True, help="python of the peer's virtual environment")
+  p.add_argument("--peer-python", default=None,
+                 help="python of the peer's virtual environment (required, but with --smoke)")
+  p.add_argument("--config", default=CONFIG, help="jzoo's config; the peer is derived from it")
   p.add_argument("--stage", default="base", choices=("base", "sr"))
   p.add_argument("--rounds", type=int, default=ROUNDS)
   p.add_argument("--patience", type=float, default=10,
@@ -403,7 +409,7 @@ def main():
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype on both sides (parameters stay float32)")
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                 help="an imagen:tiny_shapes config override, e.g. stages.base.channels=128 "
+                 help="a --config override, e.g. stages.base.channels=128 "
                       "(the peer is derived from the overridden stage)")
   p.add_argument("--peak-tflops", type=float, default=None,
                  help="the chip's peak at --dtype (H100 SXM bf16 dense: 989): prints MFU")
@@ -416,12 +422,13 @@ def main():
   p.add_argument("--params-only", action="store_true",
                  help="build both U-Nets, print their parameters and GFLOPs, time nothing")
   p.add_argument("--json", action="store_true")
-  args = p.parse_args()
+  args = _common.parse_args(p, dict(config="imagen:micro", rounds=1, patience=0))
+  python = _common.peer_python(args, "imagen-pytorch", ("torch", "imagen_pytorch"))
   load_before = os.getloadavg()
   overrides = list(args.override) + [f"train.dtype={args.dtype}"]
 
-  ours = jzoo_counts(args.stage, overrides)
-  _, s, _ = stage_settings(args.stage, overrides)
+  ours = jzoo_counts(args.stage, overrides, args.config)
+  _, s, _ = stage_settings(args.stage, overrides, args.config)
   unet = dict(peer_unet(s, ours["text_len"], ours["text_dim"], args.stage != "base"),
               **parse_peer_overrides(args.peer_override))
   mid = args.peer_mid_attn if args.peer_mid_attn != "auto" else (
@@ -430,61 +437,75 @@ def main():
       unet=unet, mid_cross_attn=peer_mid_cross_attn(s) if mid == "levels" else None,
       batch=ours["batch"], samples=SAMPLES, resolution=ours["resolution"], steps=ours["steps"],
       text_len=ours["text_len"], text_dim=ours["text_dim"], device=args.device, dtype=args.dtype)
-  counted = Peer(args.peer_python, PEER, dict(peer_cfg, count_only=True))
-  counted.close()
-  ratio = counted.info["params"] / ours["params"]
-  sizes = (f"U-Net parameters: jzoo {ours['params']:,}, peer {counted.info['params']:,} "
-           f"(ratio {ratio:.3f}); forward GFLOP/image: jzoo {ours['gflops']:.3f}, "
-           f"peer {counted.info['gflops']:.3f}; peer Unet {json.dumps(unet)}")
+  counted = None
+  if python:
+    counted = Peer(python, PEER, dict(peer_cfg, count_only=True))
+    counted.close()
+  peer_info = counted.info if counted else {"params": None, "gflops": None}
+  ratio = _common.ratio(peer_info["params"], ours["params"])
+  sizes = (f"U-Net parameters: jzoo {ours['params']:,}, "
+           f"peer {_common.fmt(peer_info['params'], ',')} (ratio {_common.fmt(ratio, '.3f')}); "
+           f"forward GFLOP/image: jzoo {ours['gflops']:.3f}, "
+           f"peer {_common.fmt(peer_info['gflops'], '.3f')}; peer Unet {json.dumps(unet)}")
   if args.params_only:
-    print(json.dumps(dict(jzoo=ours, peer=counted.info, param_ratio=ratio, peer_unet=unet))
+    print(json.dumps(dict(jzoo=ours, peer=peer_info, param_ratio=ratio, peer_unet=unet))
           if args.json else sizes)
     return
-  if not 0.9 <= ratio <= 1.1:  # the issue's matched size; a ratio of unmatched models means little
+  # the issue's matched size; a ratio of unmatched models means little (the micro smoke's
+  # U-Nets are not matched)
+  if ratio is not None and not args.smoke and not 0.9 <= ratio <= 1.1:
     sys.exit(f"{sizes}\nThe parameter counts differ by more than 10%: match them with "
              "--peer-override num_resnet_blocks=... or --peer-mid-attn (try --params-only first).")
 
-  timing, jzoo_train, jzoo_sample = jzoo_side(args.stage, overrides)
+  timing, jzoo_train, jzoo_sample = jzoo_side(args.stage, overrides, args.config)
   ours.update(timing)
-  peer = Peer(args.peer_python, PEER, dict(peer_cfg, count_only=False))
-  times = alternate([("jzoo_train", timed(jzoo_train), TRAIN_REPEATS),
-                     ("peer_train", lambda: peer.time("train"), TRAIN_REPEATS),
-                     ("jzoo_sample", timed(jzoo_sample), 1),
-                     ("peer_sample", lambda: peer.time("sample"), 1)], args.rounds, args.patience)
-  peer.close()
+  peer = Peer(python, PEER, dict(peer_cfg, count_only=False)) if python else None
+  cases = [("jzoo_train", timed(jzoo_train), TRAIN_REPEATS),
+           ("peer_train", lambda: peer.time("train"), TRAIN_REPEATS),
+           ("jzoo_sample", timed(jzoo_sample), 1),
+           ("peer_sample", lambda: peer.time("sample"), 1)]
+  times = alternate([c for c in cases if peer or not c[0].startswith("peer")], args.rounds,
+                    args.patience)
+  if peer:
+    peer.close()
+    peer_info = peer.info
 
   b = {k: best(v) for k, v in times.items()}
+  side = lambda key: b[key]["seconds"] if key in b else None  # noqa: E731 - None: peer skipped
   result = dict(
-      stage=args.stage, jzoo=ours, peer=peer.info, best=b, all=times,
-      param_ratio=ratio, peer_unet=unet,
-      train_speedup=b["peer_train"]["seconds"] / b["jzoo_train"]["seconds"],
-      sample_speedup=b["peer_sample"]["seconds"] / b["jzoo_sample"]["seconds"],
+      stage=args.stage, config=args.config, jzoo=ours, peer=peer_info if python else None,
+      best=b, all=times, param_ratio=ratio, peer_unet=unet,
+      train_speedup=_common.ratio(side("peer_train"), side("jzoo_train")),
+      sample_speedup=_common.ratio(side("peer_sample"), side("jzoo_sample")),
       load_avg_before=load_before, load_avg_after=os.getloadavg(), overrides=overrides,
-      device=args.device)
+      device=args.device, smoke=args.smoke)
   if args.peak_tflops:  # model FLOPs as maxdiffusion counts them: 3x the forward, no remat credit
-    for side, info in (("jzoo", ours), ("peer", peer.info)):
-      flops = 3 * info["gflops"] * 1e9 * ours["batch"]
-      result[side + "_mfu"] = flops / b[side + "_train"]["seconds"] / (args.peak_tflops * 1e12)
-  if args.json:
-    print(json.dumps(result))
+    for name, info in (("jzoo", ours), ("peer", peer_info)):
+      seconds = side(name + "_train")
+      result[name + "_mfu"] = None if seconds is None else (
+          3 * info["gflops"] * 1e9 * ours["batch"] / seconds / (args.peak_tflops * 1e12))
+  if _common.print_json(args, result):
     return
   r = ours["resolution"]
-  print(f"imagen:tiny_shapes {' '.join(args.override)} {args.stage} U-Net at {r}x{r}, "
+  print(f"{args.config} {' '.join(args.override)} {args.stage} U-Net at {r}x{r}, "
         f"{args.dtype}, peer on {args.device}; training batch {ours['batch']}; "
         f"{SAMPLES} samples x {ours['steps']} steps, no guidance; min over {args.rounds} "
         "alternating rounds")
   rows = [(f"jzoo (jax {ours['jax']})", ours, "jzoo"),
-          (f"imagen-pytorch {peer.info['imagen_pytorch']} ({peer.info['threads']} threads)",
-           peer.info, "peer")]
+          (f"imagen-pytorch {peer_info['imagen_pytorch']} ({peer_info['threads']} threads)"
+           if python else "imagen-pytorch: skipped", peer_info, "peer")]
   print(f"{'':36}{'params':>11}{'GFLOP/img':>11}{'train step':>12}{'sampling':>10}")
-  for name, info, side in rows:
-    print(f"{name:36}{info['params']:>11,}{info['gflops']:>11.3f}"
-          f"{b[side + '_train']['seconds']:>11.3f}s{b[side + '_sample']['seconds']:>9.3f}s")
-  print(f"{'peer / jzoo (> 1: jzoo faster)':36}{result['param_ratio']:>10.3f}x{'':11}"
-        f"{result['train_speedup']:>11.2f}x{result['sample_speedup']:>9.2f}x")
+  for name, info, key in rows:
+    print(f"{name:36}{_common.fmt(info['params'], ','):>11}{_common.fmt(info['gflops'], '.3f'):>11}"
+          f"{_common.fmt(side(key + '_train'), '.3f', 's'):>12}"
+          f"{_common.fmt(side(key + '_sample'), '.3f', 's'):>10}")
+  print(f"{'peer / jzoo (> 1: jzoo faster)':36}{_common.fmt(ratio, '.3f', 'x'):>11}{'':11}"
+        f"{_common.fmt(result['train_speedup'], '.2f', 'x'):>12}"
+        f"{_common.fmt(result['sample_speedup'], '.2f', 'x'):>10}")
   if args.peak_tflops:
     print(f"MFU of the train step at {args.peak_tflops:g} TFLOP/s peak: jzoo "
-          f"{result['jzoo_mfu']:.1%}, peer {result['peer_mfu']:.1%}")
+          f"{_common.fmt(result['jzoo_mfu'], '.1%')}, "
+          f"peer {_common.fmt(result['peer_mfu'], '.1%')}")
   busy = max(v["busy"] for v in b.values())
   print(f"targets: train >= 1x, sampling >= 2x. jzoo compile: train "
         f"{ours['train_compile_s']:.0f} s, "

@@ -1,7 +1,10 @@
 """Phenaki training steps and sampling, jzoo vs phenaki-pytorch (lucidrains, 0.5.0), side by side.
 
     python benchmarks/peers/phenaki_training_sampling.py --peer-python PEER_VENV/bin/python \
-        [--rounds 5] [--json]
+        [--rounds 5] [--candidates K] [--json]
+    python benchmarks/peers/phenaki_training_sampling.py --smoke [--candidates 2] [--json]
+        # seconds: the same steps at phenaki:micro, one round; the peer only where this python
+        # has phenaki-pytorch
 
 jzoo's `phenaki:tiny_shapes` (16 frames at 32x32; C-ViViT with 4x4 patches and
 5-frame tubelets -> 4 x 8 x 8 = 256 tokens, codebook 1024; a 4-layer, width-128
@@ -25,10 +28,13 @@ Measured, in rounds that alternate jzoo and the peer (minimum over rounds):
     step encodes the clips with the frozen C-ViViT on both sides
     (`jzoo.bench.bench_training`'s step; phenaki-pytorch's `Phenaki.forward`
     on videos).
-  * sampling 4 videos: 12 MaskGIT steps with classifier-free guidance 2.0 on
-    both sides (the config's; jzoo runs the conditional and unconditional
+  * sampling 4 videos: the config's MaskGIT steps and classifier-free guidance
+    (24 and 2.0) on both sides (jzoo runs the conditional and unconditional
     passes as one batch of 8, phenaki-pytorch as two batches of 4), then the
-    C-ViViT decoder to pixels.
+    C-ViViT decoder to pixels. One draw per prompt by default (the peer has no
+    candidate selection); `--candidates K` samples as the bundle does
+    (`sample.candidates`, 4 there: K token grids per prompt, the most likely
+    kept), and the peer then samples K x 4 videos.
 Text: random embeddings of jzoo's T5 width (128) on both sides, so no T5 runs
 (jzoo's frozen encoder is patched out; phenaki-pytorch's `encode_texts` returns
 them).
@@ -40,13 +46,15 @@ T5 config and the torchvision stub that both peers need.
 """
 
 import argparse
-import json
 import os
+import sys
 
-from imagen_training_sampling import (PEER_PRELUDE, Peer, alternate, best, jzoo_train_step,
-                                      text_embeddings, timed)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # noqa: E402 - benchmarks/_common.py
+from imagen_training_sampling import (  # noqa: E402
+    PEER_PRELUDE, Peer, alternate, best, jzoo_train_step, text_embeddings, timed)
 
-SAMPLES, ROUNDS, TRAIN_REPEATS = 4, 5, 2
+CONFIG, SAMPLES, ROUNDS, TRAIN_REPEATS = "phenaki:tiny_shapes", 4, 5, 2
 
 PEER = PEER_PRELUDE + """
 from importlib.metadata import version
@@ -98,26 +106,30 @@ serve(dict(tokenizer_params=count(cvivit), transformer_params=count(maskgit),
 """
 
 
-def jzoo_side():
-  """(info, {name: call}) for jzoo's phenaki:tiny_shapes, compiled and warmed up."""
+def jzoo_side(config_ref=CONFIG, candidates=1):
+  """(info, {name: call}) for jzoo's `config_ref` drawing `candidates` token grids per video,
+  compiled and warmed up."""
   import jax
   import jax.numpy as jnp
 
   from jzoo import config as config_lib
-  from jzoo import registry
+  from jzoo.models import params as params_lib
   from jzoo.models import phenaki
-  from jzoo.models.base import Request, count_params
-  config = config_lib.load("phenaki:tiny_shapes")
+  from jzoo.models.base import Request
+  config = config_lib.load(config_ref, [f"sample.candidates={candidates}"])
   calls, info = {}, {}
   for stage in ("tokenizer", "transformer"):
     calls["train_" + stage], info[stage + "_batch"], info[stage + "_compile_s"] = (
         jzoo_train_step(config, stage))
 
   model = phenaki.build(config)
-  params = {s: registry.random_params(model, s, jax.random.PRNGKey(0)) for s in model.stages}
+  params = {s: params_lib.random_params(model, s, jax.random.PRNGKey(0)) for s in model.stages}
   length, width = model.text_length, model.text_encoder.width
   text = text_embeddings((SAMPLES, length), width)
-  model.text_encoder.encode = lambda p, tokens, mask: text  # what the peer gets too
+  # What the peer gets too, for every row: sampling with candidates encodes the prompts
+  # repeated K times (K x SAMPLES rows, prompt-minor).
+  model.text_encoder.encode = lambda p, tokens, mask: jnp.tile(
+      text, (tokens.shape[0] // SAMPLES, 1, 1))
   ones = jnp.ones((SAMPLES, length), jnp.int32)
   steps, guidance = int(config.sample.steps), float(config.sample.guidance)
   sample = jax.jit(lambda p, rng: model.generate_video(
@@ -135,13 +147,14 @@ def jzoo_side():
     return (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9
 
   info.update(
-      tokenizer_params=count_params(params["tokenizer"]),
-      transformer_params=count_params(params["transformer"]),
+      tokenizer_params=params_lib.count_params(params["tokenizer"]),
+      transformer_params=params_lib.count_params(params["transformer"]),
       tokenizer_gflops=gflops(lambda p, v: model.tokenizer.apply({"params": p}, v),
                               params["tokenizer"], video),
       transformer_gflops=gflops(lambda p, t: model.transformer.apply(
           {"params": p}, t, text[:1], ones[:1]), params["transformer"], tokens),
-      grid=grid, tokens=int(tokens.size), steps=steps, guidance=guidance, text_len=length,
+      grid=grid, tokens=int(tokens.size), steps=steps, guidance=guidance,
+      candidates=candidates, cpu_rows=int(config.sample.get("cpu_rows", 0)), text_len=length,
       text_dim=width, jax=jax.__version__,
       peer_config={k: {f: v for f, v in c.to_dict().items() if f != "train"}
                    for k, c in (("tokenizer", tk), ("transformer", tr))})
@@ -153,55 +166,74 @@ def jzoo_side():
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--peer-python", required=True, help="python of the peer's virtual environment")
+  p.add_argument("--peer-python", default=None,
+                 help="python of the peer's virtual environment (required, but with --smoke)")
+  p.add_argument("--config", default=CONFIG, help="jzoo's config; the peer is derived from it")
+  p.add_argument("--candidates", type=int, default=1,
+                 help="jzoo's sample.candidates (the bundle's: 4); the peer samples K x as many")
   p.add_argument("--rounds", type=int, default=ROUNDS)
   p.add_argument("--patience", type=float, default=10,
                  help="seconds to wait, before each timed call, for other jobs to leave the CPUs")
   p.add_argument("--json", action="store_true")
-  args = p.parse_args()
+  args = _common.parse_args(p, dict(config="phenaki:micro", rounds=1, patience=0))
+  python = _common.peer_python(args, "phenaki-pytorch", ("torch", "phenaki_pytorch"))
   load_before = os.getloadavg()
 
-  ours, calls = jzoo_side()
+  ours, calls = jzoo_side(args.config, args.candidates)
   cfg = ours.pop("peer_config")
-  peer = Peer(args.peer_python, PEER, dict(
-      cfg, tokenizer_batch=ours["tokenizer_batch"], transformer_batch=ours["transformer_batch"],
-      samples=SAMPLES, tokens=ours["tokens"],
-      grid=ours["grid"], steps=ours["steps"], guidance=ours["guidance"],
-      text_len=ours["text_len"], text_dim=ours["text_dim"]))
+  if python:
+    peer = Peer(python, PEER, dict(
+        cfg, tokenizer_batch=ours["tokenizer_batch"], transformer_batch=ours["transformer_batch"],
+        samples=SAMPLES * args.candidates, tokens=ours["tokens"],
+        grid=ours["grid"], steps=ours["steps"], guidance=ours["guidance"],
+        text_len=ours["text_len"], text_dim=ours["text_dim"]))
+  names = ("train_tokenizer", "train_transformer", "sample")
   cases = []
-  for name, repeats in (("train_tokenizer", TRAIN_REPEATS), ("train_transformer", TRAIN_REPEATS),
-                        ("sample", 1)):
-    cases += [("jzoo_" + name, timed(calls[name]), repeats),
-              ("peer_" + name, lambda name=name: peer.time(name), repeats)]
+  for name in names:
+    repeats = 1 if name == "sample" else TRAIN_REPEATS
+    cases.append(("jzoo_" + name, timed(calls[name]), repeats))
+    if python:
+      cases.append(("peer_" + name, lambda name=name: peer.time(name), repeats))
   times = alternate(cases, args.rounds, args.patience)
-  peer.close()
+  if python:
+    peer.close()
 
   b = {k: best(v) for k, v in times.items()}
-  names = ("train_tokenizer", "train_transformer", "sample")
-  result = dict(jzoo=ours, peer=peer.info, best=b, all=times,
-                speedup={k: b["peer_" + k]["seconds"] / b["jzoo_" + k]["seconds"] for k in names},
+  side = lambda key: b[key]["seconds"] if key in b else None  # noqa: E731 - None: peer skipped
+  result = dict(jzoo=ours, peer=peer.info if python else None, best=b, all=times,
+                speedup={k: _common.ratio(side("peer_" + k), side("jzoo_" + k)) for k in names},
+                config=args.config, candidates=args.candidates, smoke=args.smoke,
                 load_avg_before=load_before, load_avg_after=os.getloadavg())
-  if args.json:
-    print(json.dumps(result))
+  if _common.print_json(args, result):
     return
   t, h, w = ours["grid"]
-  print(f"phenaki:tiny_shapes, 16 frames at 32x32 = {t}x{h}x{w} tokens; training batch "
-        f"{ours['tokenizer_batch']} (tokenizer) / {ours['transformer_batch']} (MaskGIT); {SAMPLES} videos x {ours['steps']} MaskGIT steps, guidance "
-        f"{ours['guidance']:g} on both sides; min over {args.rounds} alternating rounds")
+  tk = cfg["tokenizer"]
+  print(f"{args.config}, {tk['frames']} frames at {tk['resolution']}x{tk['resolution']} = "
+        f"{t}x{h}x{w} tokens; training batch {ours['tokenizer_batch']} (tokenizer) / "
+        f"{ours['transformer_batch']} (MaskGIT); {SAMPLES} videos x {ours['steps']} MaskGIT "
+        f"steps, {args.candidates} candidate(s) each (the peer: {SAMPLES * args.candidates} "
+        f"videos), guidance {ours['guidance']:g} on both sides; min over {args.rounds} "
+        "alternating rounds")
   print(f"{'':34}{'params tok / MaskGIT':>22}{'GFLOP/video':>14}{'tok step':>10}"
         f"{'MaskGIT step':>14}{'sampling':>10}")
-  peer_name = f"phenaki-pytorch {peer.info['phenaki_pytorch']} ({peer.info['threads']} threads)"
-  for name, info, side in ((f"jzoo (jax {ours['jax']})", ours, "jzoo"),
-                           (peer_name, peer.info, "peer")):
-    params = f"{info['tokenizer_params']:,} / {info['transformer_params']:,}"
-    flops = f"{info['tokenizer_gflops']:.2f} / {info['transformer_gflops']:.2f}"
+  peer_info = peer.info if python else dict.fromkeys(
+      ("tokenizer_params", "transformer_params", "tokenizer_gflops", "transformer_gflops"))
+  peer_name = (f"phenaki-pytorch {peer.info['phenaki_pytorch']} ({peer.info['threads']} threads)"
+               if python else "phenaki-pytorch: skipped")
+  for name, info, key in ((f"jzoo (jax {ours['jax']})", ours, "jzoo"),
+                          (peer_name, peer_info, "peer")):
+    params = (f"{_common.fmt(info['tokenizer_params'], ',')} / "
+              f"{_common.fmt(info['transformer_params'], ',')}")
+    flops = (f"{_common.fmt(info['tokenizer_gflops'], '.2f')} / "
+             f"{_common.fmt(info['transformer_gflops'], '.2f')}")
     print(f"{name:34}{params:>22}{flops:>14}" +
-          "".join(f"{b[side + '_' + k]['seconds']:>{width}.3f}s"
-                  for k, width in zip(names, (9, 13, 9))))
-  ratios = (f"{peer.info['tokenizer_params'] / ours['tokenizer_params']:.3f}x / "
-            f"{peer.info['transformer_params'] / ours['transformer_params']:.3f}x")
+          "".join(f"{_common.fmt(side(key + '_' + k), '.3f', 's'):>{width}}"
+                  for k, width in zip(names, (10, 14, 10))))
+  ratios = " / ".join(_common.fmt(_common.ratio(peer_info[k], ours[k]), ".3f", "x")
+                      for k in ("tokenizer_params", "transformer_params"))
   print(f"{'peer / jzoo (> 1: jzoo faster)':34}{ratios:>22}{'':14}" +
-        "".join(f"{result['speedup'][k]:>{width}.2f}x" for k, width in zip(names, (9, 13, 9))))
+        "".join(f"{_common.fmt(result['speedup'][k], '.2f', 'x'):>{width}}"
+                for k, width in zip(names, (10, 14, 10))))
   busy = max(v["busy"] for v in b.values())
   print(f"jzoo compile: tokenizer step {ours['tokenizer_compile_s']:.0f} s, MaskGIT step "
         f"{ours['transformer_compile_s']:.0f} s. Other jobs' CPU share before the best calls "

@@ -10,6 +10,10 @@ without decoding or rendering pixels where the format allows), for
   "tfds:NAME[/CONFIG]"        a TFDS dataset read with `tfds.data_source`
                               (ArrayRecord, no TensorFlow); `data_dir` optional
   "folder:/path"              captioned files in a folder (see folder.py)
+
+Each source is a Grain random-access data source (`grain.python.RandomAccessDataSource`:
+`len`, `[i]` for any integer type) that pickles (a TFDS split reopens its ArrayRecord files),
+so the input pipeline (pipeline.py) can read it in Grain's worker processes.
 """
 
 import numpy as np

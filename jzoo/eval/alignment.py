@@ -8,9 +8,12 @@ parts:
    its chroma is far from every palette colour (orange is neither red nor
    yellow). Its coverage is its brightness along that colour, so an
    anti-aliased edge pixel weighs what it covers.
-2. Pixels covered at least half make binary masks, one per colour; holes are
-   filled and 8-connected components are objects. Components smaller than
-   `MIN_AREA * S**2` are specks, not objects.
+2. A generated object may be dimmer than the palette colour yet solid, so
+   coverage is first measured against the interior of the object: each
+   8-connected region of one colour is divided by its level (its brightest
+   3x3 block). Pixels covered at least half of that make binary masks, one
+   per colour; holes are filled and 8-connected components are objects.
+   Components smaller than `MIN_AREA * S**2` are specks, not objects.
 3. Geometry comes from the coverage-weighted component (its 1-pixel ring of
    same-colour pixels included): fill ratio of the bounding box (square 1,
    circle pi/4, triangle 1/2) and the vertical skewness (an upward triangle
@@ -176,6 +179,22 @@ def _describe(weights, y0, x0, color, size):
               side=side, center=(cx, cy), cell=cell, area=area, fill=fill, skew=skew)
 
 
+def relative_coverage(coverage, same):
+  """`coverage` [H,W] where `same` (one colour's pixels), divided by the level of its 8-connected
+  region and clipped to 1; 0 elsewhere. The level is the region's brightest 3x3 block (the
+  largest 3x3 minimum, robust to a noisy pixel), or its brightest pixel when no 3x3 block fits.
+  A real render's objects have level 1 (a small triangle at S = 32 a little less)."""
+  cover = np.where(same, coverage, 0.0)
+  regions, n = ndimage.label(same, structure=_EIGHT)
+  if n == 0:
+    return cover
+  ids = np.arange(1, n + 1)
+  block = ndimage.maximum(ndimage.minimum_filter(cover, size=3, mode="constant"), regions, ids)
+  level = np.where(np.asarray(block) > 0, block, ndimage.maximum(cover, regions, ids))
+  level = np.concatenate([[1.0], level]).astype(cover.dtype)[regions]  # per pixel; background 1
+  return np.minimum(cover / np.maximum(level, 1e-6), 1.0)
+
+
 def detect_objects(image):
   """Objects in a uint8 [S,S,3] image: list of dicts, largest first.
 
@@ -188,11 +207,14 @@ def detect_objects(image):
     raise ValueError(f"expected an image [H,W,3], got shape {image.shape}")
   size = image.shape[0]
   index, coverage = classify_pixels(image)
-  solid = coverage >= 0.5
   detections = []
-  for k in np.unique(index[solid]):
+  for k in np.unique(index[index >= 0]):
     same = index == k
-    mask = ndimage.binary_fill_holes(solid & same)
+    # Coverage relative to the region's level, before the half-coverage test: an object dimmer
+    # than half the palette colour would otherwise have no solid pixel and be missed.
+    relative = relative_coverage(coverage, same)
+    solid = relative >= 0.5
+    mask = ndimage.binary_fill_holes(solid)
     labels, _ = ndimage.label(mask, structure=_EIGHT)
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
       # Crop with a 1-pixel margin for the anti-aliased ring around the solid pixels.
@@ -200,10 +222,10 @@ def detect_objects(image):
       crop = (slice(y0, sl[0].stop + 1), slice(x0, sl[1].stop + 1))
       comp = labels[crop] == i
       ring = ndimage.binary_dilation(comp, _EIGHT) & same[crop] & (labels[crop] == 0)
-      hole = comp & ~(solid[crop] & same[crop])  # filled holes count as fully covered
-      weights = np.where(comp, np.where(hole, 1.0, coverage[crop]), 0.0)
-      weights = weights + np.where(ring, coverage[crop], 0.0)
-      # A dim object (a generated one) is still solid: measure coverage against its interior.
+      hole = comp & ~solid[crop]  # filled holes count as fully covered
+      weights = np.where(comp, np.where(hole, 1.0, relative[crop]), 0.0)
+      weights = weights + np.where(ring, relative[crop], 0.0)
+      # Full coverage is the solid component's own interior (its region may hold a brighter object).
       inner = ndimage.binary_erosion(comp, _EIGHT)
       level = weights[inner].mean() if inner.any() else weights.max()
       weights = np.minimum(weights / max(level, 1e-6), 1.0)

@@ -18,7 +18,8 @@ Batches are dicts of arrays whose leading axis is the batch:
 
 `frozen` holds the parameters of the stages this stage depends on but does
 not train (a text encoder, a visual tokenizer): no gradients, no optimizer
-state. `frozen_stages(stage)` names them; `load_frozen` loads them.
+state. `frozen_stages(stage)` names them; `jzoo.loading.load_frozen` loads them.
+`capabilities` declares what `generate` serves (text-to-video, story, ...).
 """
 
 import dataclasses
@@ -26,12 +27,22 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jzoo.errors import ConfigError, PromptError
+from jzoo.errors import CapabilityError, ConfigError, PromptError
 
+# What a model can generate: it declares its capabilities (`Model.capabilities`) and the CLIs and
+# `jzoo.load` pipelines dispatch on them, so a request it cannot serve is a one-line error.
 TEXT_TO_IMAGE = "text-to-image"
 TEXT_TO_VIDEO = "text-to-video"
+IMAGE_TO_VIDEO = "image-to-video"          # request.extra["frames"]: one given first frame
+VIDEO_PREDICTION = "video-prediction"      # request.extra["frames"]: the first F frames
+STORY = "story"                            # request.extra["story_tokens"/"story_mask"]
+INFILL = "infill"                          # request.extra["known"/"known_mask"]: given regions
+VARIATIONS = "image-variations"            # new images from an image's embedding (unCLIP)
+INTERPOLATION = "interpolation"            # between two prompts or images
+RECONSTRUCT = "reconstruct"                # a visual tokenizer's round trip (model.reconstruct)
+CAPABILITIES = (TEXT_TO_IMAGE, TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_PREDICTION, STORY, INFILL,
+                VARIATIONS, INTERPOLATION, RECONSTRUCT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +80,29 @@ jax.tree_util.register_dataclass(
 
 
 class Model:
-  """Base class: subclasses set `stages`, `task` and implement the abstract methods."""
+  """Base class: subclasses set `stages`, `capabilities` and implement the abstract methods."""
 
   stages: Sequence[str] = ()
-  task: str = TEXT_TO_IMAGE
+  capabilities: frozenset = frozenset({TEXT_TO_IMAGE})
+
+  @property
+  def task(self) -> str:
+    """What one sample is: TEXT_TO_VIDEO for a model that makes videos, else TEXT_TO_IMAGE."""
+    return TEXT_TO_VIDEO if TEXT_TO_VIDEO in self.capabilities else TEXT_TO_IMAGE
+
+  @property
+  def makes_video(self) -> bool:
+    return self.task == TEXT_TO_VIDEO
+
+  def can(self, capability) -> bool:
+    return capability in self.capabilities
+
+  def require(self, capability, name=None, hint=""):
+    """CapabilityError naming what the model can do unless it declares `capability`."""
+    if capability not in self.capabilities:
+      can = ", ".join(c for c in CAPABILITIES if c in self.capabilities)
+      raise CapabilityError(f"model {name or type(self).__name__} cannot do {capability}; it can: "
+                            f"{can}{hint}")
 
   def __init__(self, config):
     self.config = config
@@ -155,34 +185,28 @@ class Model:
     if perceptual.PERCEPTUAL in frozen:
       extra = (frozen[perceptual.PERCEPTUAL], perceptual.weight(tk))
     outputs = self.tokenizer.apply({"params": params}, pixels)  # the discriminator's are unused
-    loss, metrics = tokenizer_loss(outputs, pixels, tk.get("reconstruction_loss", "l2"), extra)
+    loss, metrics = tokenizer_loss(outputs, pixels, tk.reconstruction_loss, extra)
     module = disc.from_config(tk)
     if module is not None:
       adv, adv_metrics, state = disc.adversarial_loss(
           module, params[disc.NAME], outputs[0], pixels, float(tk.adversarial_weight),
-          int(tk.get("adversarial_start", 0)))
+          int(tk.adversarial_start))
       loss = loss + adv
       updates = dict(metrics.pop("state_updates", {}), **{disc.NAME: state})
       metrics = dict(metrics, **adv_metrics, state_updates=updates)
     return loss, metrics
 
-  def load_frozen(self, stage, model_dir):
-    """Parameters of `frozen_stages(stage)`: each from `load_frozen_stage`."""
-    return {dep: self.load_frozen_stage(dep, model_dir) for dep in self.frozen_stages(stage)}
-
-  def load_frozen_stage(self, stage, model_dir):
-    """One frozen stage's parameters: a text encoder with public weights named in the config
-    (`self.text_encoder`, a jzoo.text.frozen.FrozenTextEncoder) is imported from them; the
-    tokenizers' perceptual network from the files the config names; every other stage comes
-    from its checkpoint in `model_dir`, or from the export `train.init_from`/`frozen_from` names."""
+  def external_weights(self, stage):
+    """Parameters of `stage` read from weight files the config names, or None when the stage's
+    weights come from training (its checkpoint or an export; `jzoo.loading.frozen_params`):
+    public T5 weights for an imported text encoder, the tokenizers' perceptual network."""
     from jzoo.vq import perceptual
     if stage == perceptual.PERCEPTUAL:
       return perceptual.load(self.config.tokenizer)
     text_encoder = getattr(self, "text_encoder", None)
     if stage == "text_encoder" and text_encoder is not None and text_encoder.imported:
       return text_encoder.import_weights()
-    from jzoo import registry
-    return registry.stage_params(model_dir, stage, self.config)
+    return None
 
   # --- sampling -----------------------------------------------------------
   def default_request_options(self):
@@ -209,7 +233,3 @@ def check_prompts(prompts, max_tokens, tokenizer):
     if not p or not p.strip():
       raise PromptError("empty prompt: pass a caption such as --prompt 'a small red circle in the center'")
   tokenizer.encode_batch(prompts, max_tokens)  # raises PromptError for a prompt that is too long
-
-
-def count_params(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

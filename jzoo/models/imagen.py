@@ -43,7 +43,7 @@ AUG_SCHEDULE = schedules.Schedule("cosine")
 
 
 class Imagen(Model):
-  task = TEXT_TO_IMAGE
+  capabilities = frozenset({TEXT_TO_IMAGE})
 
   def __init__(self, config):
     super().__init__(config)
@@ -76,7 +76,7 @@ class Imagen(Model):
         channels=s.channels, channel_mult=tuple(s.channel_mult),
         num_res_blocks=tuple(s.num_res_blocks), self_attention=tuple(s.self_attention),
         cross_attention=tuple(s.cross_attention), head_dim=s.head_dim, text_dim=s.text_dim,
-        text_positions=bool(s.get("text_positions", False)),
+        text_positions=bool(s.text_positions),
         emb_dim=s.emb_dim, dropout=s.dropout, norm_groups=s.norm_groups, mid_block=s.mid_block,
         super_resolution=super_resolution, layout=s.layout, remat=str(self.config.train.remat),
         dtype=self.dtype)

@@ -36,10 +36,12 @@ import numpy as np
 import optax
 
 from jzoo.errors import ConfigError
-from jzoo.kernels.nearby_attention import nearby_attention, sharded_nearby_attention
-from jzoo.models.base import TEXT_TO_IMAGE, TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
+from jzoo.kernels import nearby_attention
+from jzoo.models.base import (INFILL, RECONSTRUCT, TEXT_TO_IMAGE, TEXT_TO_VIDEO, VIDEO_PREDICTION,
+                              DataSpec, Model, Request, to_uint8)
 from jzoo.nn import layers, selection
 from jzoo.nn.attention import HeadsProjection, OutProjection
+from jzoo.nn.sharded_attention import sharded_nearby_attention
 from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
 from jzoo.vq.vqgan import VQGAN
 
@@ -296,12 +298,16 @@ class NUWA(Model):
     super().__init__(config)
     self.dtype = layers.dtype_of(config.train.dtype)
     tk, tr = config.tokenizer, config.transformer
-    self.task = TEXT_TO_IMAGE if int(tk.frames) == 1 else TEXT_TO_VIDEO
+    # Given tokens (request.extra "known") complete an image or video; a video config also
+    # predicts from given first frames.
+    self.capabilities = frozenset(
+        {TEXT_TO_IMAGE, INFILL, RECONSTRUCT} if int(tk.frames) == 1
+        else {TEXT_TO_VIDEO, VIDEO_PREDICTION, INFILL, RECONSTRUCT})
     self.tokenizer = VQGAN(channels=tk.channels, channel_mult=tuple(tk.channel_mult),
                            num_res_blocks=tk.num_res_blocks, codebook_size=tk.codebook_size,
                            code_dim=tk.code_dim, embed_dim=tk.embed_dim,
                            commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype,
-                           codebook_ema=float(tk.get("codebook_ema", 0.0)))
+                           codebook_ema=float(tk.codebook_ema))
     f = 2 ** (len(tk.channel_mult) - 1)
     if tk.resolution % f:
       raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of the VQ-GAN's "
@@ -311,7 +317,7 @@ class NUWA(Model):
     if len(tr.radius) != 3:
       raise ConfigError(f"transformer.radius must be (rt, rh, rw), got {tr.radius}")
     # Configs written before visual conditions existed (bundled config.json files) have none.
-    self.condition_frames = int(tr.get("condition_frames", 0))
+    self.condition_frames = int(tr.condition_frames)
     if self.condition_frames and not 0 < self.condition_frames < self.grid[0]:
       raise ConfigError(f"transformer.condition_frames must be 0 (text only) or 1 to "
                         f"{self.grid[0] - 1} (first frames of the video), got {self.condition_frames}")
@@ -321,13 +327,13 @@ class NUWA(Model):
         decoder_layers=tr.decoder_layers, head_dim=tr.head_dim, mlp_dim=tr.mlp_dim,
         radius=tuple(tr.radius), impl=tr.attention_impl, dropout=tr.dropout,
         remat=str(config.train.remat), dtype=self.dtype,
-        condition_frames=self.condition_frames, condition_layers=int(tr.get("condition_layers", 0)),
-        condition_radius=tuple(tr.get("condition_radius", (1, 1, 1))))
+        condition_frames=self.condition_frames, condition_layers=int(tr.condition_layers),
+        condition_radius=tuple(tr.condition_radius))
     heads_for(tr.width, tr.head_dim)
 
   @property
   def video(self):
-    return self.task == TEXT_TO_VIDEO
+    return self.makes_video
 
   # --- data ------------------------------------------------------------------
   def data_spec(self, stage) -> DataSpec:

@@ -27,7 +27,8 @@ import optax
 
 from jzoo.diffusion import guidance as guidance_lib
 from jzoo.errors import ConfigError
-from jzoo.models.base import TEXT_TO_VIDEO, DataSpec, Model, Request, to_uint8
+from jzoo.models.base import (IMAGE_TO_VIDEO, RECONSTRUCT, STORY, TEXT_TO_VIDEO, VIDEO_PREDICTION,
+                              DataSpec, Model, Request, to_uint8)
 from jzoo.nn import layers, maskgit
 from jzoo.nn.transformer import Transformer, heads_for
 from jzoo.parallel import compiler
@@ -79,8 +80,9 @@ class MaskGITTransformer(nn.Module):
 
 
 class Phenaki(Model):
-  task = TEXT_TO_VIDEO
-  supports_story = True
+  # Start frames: one (image-to-video) or 1 + temporal_patch·j (continuation); a story continues
+  # each prompt from the end of the previous segment.
+  capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_PREDICTION, STORY, RECONSTRUCT})
   stages = (TEXT_ENCODER, TOKENIZER, TRANSFORMER)
 
   def __init__(self, config):
@@ -98,7 +100,7 @@ class Phenaki(Model):
         spatial_layers=tk.spatial_layers, temporal_layers=tk.temporal_layers,
         codebook_size=tk.codebook_size, code_dim=tk.code_dim, commitment=tk.commitment,
         max_time_tokens=tk.max_time_tokens, image_size=tk.resolution, remat=remat,
-        dtype=self.dtype, codebook_ema=float(tk.get("codebook_ema", 0.0)))
+        dtype=self.dtype, codebook_ema=float(tk.codebook_ema))
     try:
       self.time_tokens = self.tokenizer.num_time_tokens(int(tk.frames))
     except ValueError as e:
@@ -110,7 +112,7 @@ class Phenaki(Model):
     self.transformer = MaskGITTransformer(
         codebook_size=tk.codebook_size, width=tr.width, num_layers=tr.num_layers,
         head_dim=tr.head_dim, mlp_dim=tr.mlp_dim, max_time_tokens=tk.max_time_tokens,
-        grid_size=self.grid, text_positions=bool(tr.get("text_positions", False)),
+        grid_size=self.grid, text_positions=bool(tr.text_positions),
         dropout=tr.dropout, remat=remat, dtype=self.dtype)
     heads_for(tr.width, tr.head_dim)
 
@@ -135,7 +137,7 @@ class Phenaki(Model):
   def codes_cached(self):
     """True when the transformer trains on precomputed codes (`tokenizer.cache`, a folder written
     by python -m jzoo.cache_codes): its train step then holds no tokenizer."""
-    return bool(self.config.tokenizer.get("cache", ""))
+    return bool(self.config.tokenizer.cache)
 
   @property
   def code_grid(self):
@@ -270,7 +272,7 @@ class Phenaki(Model):
     With `sample.candidates` = K > 1, draws K token grids per prompt and decodes the one the
     transformer finds most likely given the text (`likelihood`): K times the sampling's
     transformer calls plus one per candidate, one decode."""
-    k = int(self.config.sample.get("candidates", 1))
+    k = int(self.config.sample.candidates)
     if k < 1:
       raise ConfigError(f"sample.candidates must be at least 1, got {k}")
     if k == 1:
@@ -303,7 +305,7 @@ class Phenaki(Model):
     """flat video tokens [B', N] -> logits [B', N, V] for text embeddings/mask [B', L]."""
     apply = compiler.cpu_chunked(
         lambda t, x, m: self.transformer.apply({"params": params[TRANSFORMER]}, t, x, m),
-        int(self.config.sample.get("cpu_rows", 0)))
+        int(self.config.sample.cpu_rows))
 
     def logits_fn(flat_tokens):
       logits = apply(flat_tokens.reshape(flat_tokens.shape[0], *self.code_grid), text, mask)

@@ -42,7 +42,7 @@ class FrozenTextEncoder:
   def cached(self):
     """True when training reads precomputed embeddings (`config.text_encoder.cache`, a folder
     written by python -m jzoo.cache_text): the train step then holds no encoder."""
-    return bool(self.config.get("cache", ""))
+    return bool(self.config.cache)
 
   def frozen_stages(self):
     """What a conditioned stage needs frozen: the encoder, unless its embeddings are cached."""
@@ -59,14 +59,12 @@ class FrozenTextEncoder:
       return jax.lax.stop_gradient(batch["text"])
     return self.encode(frozen[TEXT_ENCODER], batch["tokens"], batch["mask"])
 
-  def source(self, model_dir, config):
-    """Which weights the encoder has in `model_dir`, in words; a text-embedding cache records it
-    and training checks it, so embeddings of a retrained encoder are not read by mistake."""
+  def source(self):
+    """The public weights the encoder imports, in words, or None when it is trained here (its
+    origin is then its stage's checkpoint or export: `jzoo.loading.text_encoder_origin`)."""
     if self.imported:
       return "weights " + os.path.abspath(os.path.expanduser(str(self.config.weights)))
-    from jzoo import registry
-    return registry.stage_origin(model_dir, TEXT_ENCODER, config,
-                                 "set --config.text_encoder.weights")
+    return None
 
   def init(self, rng, tokens, mask):
     return self.module.init(rng, tokens, mask)

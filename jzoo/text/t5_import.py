@@ -24,12 +24,12 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import traverse_util
 import flax.linen as nn
 
 from jzoo.errors import CheckpointError
+from jzoo.io.weight_files import open_safetensors
 from jzoo.text.t5 import T5Config, T5Encoder
 
 # ----------------------------------------------------------------------------
@@ -90,80 +90,6 @@ def config_from_params(params: Any, **overrides) -> T5Config:
 
 # ----------------------------------------------------------------------------
 # Hugging Face safetensors.
-
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-class _SafetensorsFile:
-  """Minimal lazy safetensors reader (memory-mapped; handles bf16 via ml_dtypes)."""
-
-  def __init__(self, path):
-    self.path = path
-    try:
-      with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if not 0 < n < 100_000_000:
-          raise ValueError("bad header length")
-        header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-      raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    header.pop("__metadata__", None)
-    self.header = header
-    self.offset = 8 + n
-
-  def keys(self):
-    return self.header.keys()
-
-  def shape(self, key):
-    return tuple(self.header[key]["shape"])
-
-  def get(self, key) -> np.ndarray:
-    info = self.header[key]
-    if info["dtype"] not in _ST_DTYPES:
-      raise CheckpointError(f"{self.path}: tensor {key} has unsupported dtype {info['dtype']}")
-    dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-    start, end = info["data_offsets"]
-    count = (end - start) // dtype.itemsize
-    arr = np.memmap(self.path, dtype=dtype, mode="r", offset=self.offset + start, shape=(count,))
-    return np.asarray(arr, dtype=np.float32).reshape(info["shape"])
-
-
-def _open_safetensors(path_or_dir):
-  """Returns ({key: _SafetensorsFile}, directory, description) for a file, index or directory."""
-  path = os.fspath(path_or_dir)
-  if os.path.isdir(path):
-    for name in ("model.safetensors.index.json", "model.safetensors"):
-      if os.path.exists(os.path.join(path, name)):
-        path = os.path.join(path, name)
-        break
-    else:
-      raise CheckpointError(
-          f"{path}: no model.safetensors or model.safetensors.index.json in this directory")
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path}: no such file")
-  directory = os.path.dirname(path)
-  if path.endswith(".json"):
-    try:
-      with open(path) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-      raise CheckpointError(f"{path}: not a safetensors index with a weight_map ({e})") from e
-    files = {name: _SafetensorsFile(os.path.join(directory, name))
-             for name in sorted(set(weight_map.values()))}
-    tensors = {}
-    for key, name in weight_map.items():
-      if key not in files[name].header:
-        raise CheckpointError(f"{path}: tensor {key} is listed for {name} but not in it")
-      tensors[key] = files[name]
-  else:
-    f = _SafetensorsFile(path)
-    tensors = {k: f for k in f.keys()}
-  return tensors, directory, path
-
 
 def _config_from_hf_json(path) -> T5Config:
   try:
@@ -263,7 +189,7 @@ def load_hf_safetensors(path_or_dir, config: Optional[T5Config] = None):
   or inferred from tensor shapes (max_distance 128 and epsilon 1e-6 assumed).
   Weights come back as float32 numpy arrays whatever their stored dtype.
   """
-  tensors, directory, source = _open_safetensors(path_or_dir)
+  tensors, directory, source = open_safetensors(path_or_dir)
   if config is None:
     config_json = os.path.join(directory, "config.json")
     if os.path.exists(config_json):

@@ -4,11 +4,16 @@ One jitted step with explicit in/out shardings and donated state; sharded
 init; orbax checkpoints every `train.checkpoint_every` steps (async), resumed
 automatically; metrics to DIR/<stage>/metrics.jsonl and TensorBoard. A NaN or
 infinite loss stops training before anything is saved.
+
+`train.freeze` keeps matching parameters at their init; `train.init_from` starts a fresh run
+from an export's `train.init_stage` through the mapping `train.init_map` (jzoo.training.init_maps);
+`train.teacher_from` hands a distilling loss its teacher's params in `frozen[TEACHER]`.
 """
 
 import functools
 import math
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -17,21 +22,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jzoo import registry
+from jzoo import loading, registry
+from jzoo.models import params as params_lib
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
 from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from jzoo.parallel import compiler, mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
-from jzoo.training import checkpoint as ckpt_lib
-from jzoo.training.metrics import MetricWriter
-from jzoo.training.optim import make_optimizer
+from jzoo.io import checkpoint as ckpt_lib
+from jzoo.training import init_maps
+from jzoo.training.metrics import MetricWriter, drop_rows_after, has_rows
+from jzoo.training.optim import freeze_mask, make_optimizer
 
 
 # A raw PRNG key, abstractly: shapes are derived without creating arrays on any device (the mesh
 # may be a TPU topology that only exists for ahead-of-time compilation).
 ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+# The key of `frozen` under which a stage's loss finds the `train.teacher_from` params.
+TEACHER = "teacher"
 
 
 def ema_decay_at(step, decay):
@@ -64,23 +74,29 @@ class Trainer:
       raise ConfigError(f"config.stage {self.stage!r} is not a stage of {config.model}; "
                         f"choose one of {list(self.model.stages)}")
     self.rules = self.model.axis_rules
-    self.tx, self.schedule = make_optimizer(config.optim, config.train.steps)
-    self.batch_spec = registry.abstract_batch(self.model, self.stage, config.train.batch_size)
-    self._build_shardings()
+    self.batch_spec = params_lib.abstract_batch(self.model, self.stage, config.train.batch_size)
+    abstract_params, param_sh = abstract_stage(self.model, self.stage, mesh, self.batch_spec)
+    # Checked here, before anything compiles or loads.
+    self.frozen_mask = freeze_mask(abstract_params, config.train.freeze)
+    self.init_map = init_maps.get(config.train.init_map)
+    self.set_total_steps(config.train.steps)
+    self._build_shardings(abstract_params, param_sh)
+
+  def set_total_steps(self, total):
+    """The optimizer and learning-rate schedule of a run of `total` steps."""
+    self.tx, self.schedule = make_optimizer(self.config.optim, total, self.frozen_mask)
 
   # --- state ---------------------------------------------------------------
   def _init_params(self, rng, batch):
     return self.model.init(self.stage, rng, batch)["params"]
 
-  def _build_shardings(self):
-    with mesh_context(self.mesh, self.rules):
-      boxed = jax.eval_shape(self._init_params, ABSTRACT_KEY, self.batch_spec)
-    param_sh = logical_shardings(boxed, self.mesh, self.rules)
-    abstract_params = nn.unbox(boxed)
+  def _build_shardings(self, abstract_params, param_sh):
     abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
     repl = replicated(self.mesh)
-    opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: repl)
+    # Frozen leaves (train.freeze) are MaskedNodes in the optimizer state: they stay so.
+    masked = lambda x: isinstance(x, optax.MaskedNode)
+    opt_sh = optax.tree_map_params(self.tx, lambda o, s: o if masked(o) else s, abstract_opt,
+                                   param_sh, transform_non_params=lambda _: repl, is_leaf=masked)
     self.state_shardings = {"step": repl, "rng": repl, "params": param_sh, "ema": param_sh,
                             "opt_state": opt_sh}
     self.abstract_state = jax.tree_util.tree_map(
@@ -105,10 +121,18 @@ class Trainer:
       return jax.jit(init, out_shardings=self.state_shardings)(jax.random.PRNGKey(seed))
 
   # --- step ----------------------------------------------------------------
+  def _keep_frozen(self, new, old):
+    """`new` with its `train.freeze` leaves taken from `old`."""
+    if self.frozen_mask is None:
+      return new
+    return jax.tree_util.tree_map(lambda f, n, o: o if f else n, self.frozen_mask, new, old)
+
   def _train_step(self, state, batch, frozen):
     step_rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
+      # No gradients are computed for frozen leaves (their backward pass is dead code).
+      params = self._keep_frozen(params, jax.lax.stop_gradient(params))
       return self.model.loss(self.stage, params, batch, step_rng, frozen)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -120,8 +144,12 @@ class Trainer:
     new_values = metrics.pop("state_updates", None)
     if new_values is not None:
       params = _overwrite(params, jax.lax.stop_gradient(new_values))
+    # Frozen leaves stay bit-identical, state updates included (adding a zero update, or an EMA
+    # of a constant, can round).
+    params = self._keep_frozen(params, state["params"])
     decay = ema_decay_at(state["step"], self.config.train.ema_decay)
     ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+    ema = self._keep_frozen(ema, state["ema"])
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads),
                    lr=self.schedule(state["step"]))
     new_state = {"step": state["step"] + 1, "rng": state["rng"], "params": params, "ema": ema,
@@ -143,22 +171,25 @@ class Trainer:
     return run
 
   def init_from_export(self, state):
-    """A fresh state whose params and EMA are `train.init_from`'s weights for this stage."""
-    folder = registry.init_folder(self.config, keys=("init_from",))
+    """A fresh state whose params and EMA are `train.init_from`'s weights of `train.init_stage`
+    (default: this stage), mapped by `train.init_map`."""
+    folder = loading.init_folder(self.config, keys=("init_from",))
     if folder is None:
       return state
-    params = registry.load_exported_stage(folder, self.stage)
+    source = self.config.train.init_stage or self.stage
+    params = loading.load_exported_stage(folder, source)
     if params is None:
-      raise CheckpointError(f"train.init_from {folder!r} has no {self.stage}.safetensors to start "
-                            f"stage {self.stage!r} from")
+      raise CheckpointError(f"train.init_from {folder!r} has no {source}.safetensors to start "
+                            f"stage {self.stage!r} from; set train.init_stage to one of its stages")
+    abstract = self.abstract_state["params"]
+    params = self.init_map(params, abstract)
     # Parameters the export lacks (a module added to the config since) keep their fresh values:
     # they are marked with their abstract shapes here and taken from the fresh state on device.
-    abstract = self.abstract_state["params"]
     params, added = _fill_missing(params, abstract)
     if added:
       print(f"train.init_from: {len(added)} parameters not in the export start fresh: "
             + ", ".join(added[:8]) + (" ..." if len(added) > 8 else ""))
-    what = f"train.init_from's {self.stage!r}"
+    what = f"train.init_from's {source!r}"
     shardings = self.state_shardings["params"]
     # params and ema from separate copies (each with its own fresh leaves): the step donates the
     # state, and one buffer donated twice crashes XLA.
@@ -167,7 +198,8 @@ class Trainer:
 
   # --- frozen dependencies ---------------------------------------------------
   def frozen_abstract(self):
-    """Abstract params and logical shardings of the frozen stages this stage reads."""
+    """Abstract params and logical shardings of the frozen stages this stage reads, and of the
+    teacher (under TEACHER) when `train.teacher_from` names one."""
     abstract, shardings = {}, {}
     for dep in self.model.frozen_stages(self.stage):
       external = self.model.frozen_abstract_params(dep)
@@ -175,22 +207,50 @@ class Trainer:
         abstract[dep] = external
         shardings[dep] = jax.tree_util.tree_map(lambda _: replicated(self.mesh), external)
         continue
-      dep_batch = registry.abstract_batch(self.model, dep, 1)
-      with mesh_context(self.mesh, self.rules):
-        boxed = jax.eval_shape(lambda r, b, d=dep: self.model.init(d, r, b)["params"],
-                               ABSTRACT_KEY, dep_batch)
-      abstract[dep] = nn.unbox(boxed)
-      shardings[dep] = logical_shardings(boxed, self.mesh, self.rules)
+      abstract[dep], shardings[dep] = abstract_stage(self.model, dep, self.mesh)
+    teacher = self.teacher()
+    if teacher is not None:
+      # The teacher's architecture is its export's config, which may differ from this one.
+      folder, stage = teacher
+      model = registry.build_model(loading.exported_config(folder))
+      abstract[TEACHER], shardings[TEACHER] = abstract_stage(model, stage, self.mesh)
     return abstract, shardings
 
+  def teacher(self):
+    """(export folder, stage) of the `train.teacher_from` params a distilling loss reads, or
+    None."""
+    folder = loading.init_folder(self.config, keys=("teacher_from",))
+    if folder is None:
+      return None
+    stage = self.config.train.teacher_stage or self.stage
+    if not os.path.isfile(os.path.join(folder, f"{stage}.safetensors")):
+      raise CheckpointError(f"train.teacher_from {folder!r} has no {stage}.safetensors; set "
+                            "train.teacher_stage to one of its stages")
+    return folder, stage
+
   def load_frozen(self, workdir):
-    """Frozen stages' params, placed with their own logical shardings."""
-    frozen = self.model.load_frozen(self.stage, workdir)
+    """Frozen stages' params (and the teacher's), placed with their own logical shardings:
+    arguments of the step, so no gradients and no optimizer state."""
+    frozen = loading.load_frozen(self.model, self.stage, workdir)
+    teacher = self.teacher()
+    if teacher is not None:
+      frozen[TEACHER] = loading.load_exported_stage(*teacher)
     abstract, shardings = self.frozen_abstract()
     placed = {}
     for dep, params in frozen.items():
-      placed[dep] = _placed(params, abstract[dep], shardings[dep], f"frozen stage {dep!r}")
+      what = (f"train.teacher_from's {teacher[1]!r}" if dep == TEACHER
+              else f"frozen stage {dep!r}")
+      placed[dep] = _placed(params, abstract[dep], shardings[dep], what)
     return placed, {dep: shardings[dep] for dep in placed}
+
+
+def abstract_stage(model, stage, mesh, batch=None):
+  """A stage's abstract params and their logical shardings on `mesh`, built without allocating
+  (`batch`: abstract, default one example of the stage's data)."""
+  batch = params_lib.abstract_batch(model, stage, 1) if batch is None else batch
+  with mesh_context(mesh, model.axis_rules):
+    boxed = jax.eval_shape(lambda r, b: model.init(stage, r, b)["params"], ABSTRACT_KEY, batch)
+  return nn.unbox(boxed), logical_shardings(boxed, mesh, model.axis_rules)
 
 
 def _fill_missing(params, fresh, path=""):
@@ -291,7 +351,7 @@ def open_text_cache(model, spec, workdir, config):
   from jzoo.text.cache import TextEmbeddingCache
   cache = TextEmbeddingCache(config.text_encoder.cache)
   cache.check(text_length=spec.text_length, width=spec.text_width,
-              source=model.text_encoder.source(workdir, config))
+              source=loading.text_encoder_origin(model, workdir))
   return cache
 
 
@@ -303,7 +363,7 @@ def open_code_cache(spec, dataset, workdir, config):
   from jzoo.vq import code_cache
   cache = code_cache.CodeCache(config.tokenizer.cache)
   cache.check(grid=spec.codes, codebook_size=int(config.tokenizer.codebook_size), dataset=dataset,
-              origin=registry.stage_origin(workdir, "tokenizer", config,
+              origin=loading.stage_origin(workdir, "tokenizer", config,
                                             code_cache.FROZEN_FROM))
   return cache
 
@@ -357,6 +417,9 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
     raise UserError(f"--fit-minutes fits the schedule of a fresh run, but {stage_dir} has a "
                     "checkpoint; resume without it (with the train.steps in its config.json) "
                     "or choose a new --workdir")
+  if start is None and is_host0 and (os.path.isfile(config_path) or has_rows(stage_dir)):
+    print(f"{stage_dir} has a run that completed no checkpoint; training restarts from step 0",
+          file=sys.stderr)
   write_config()
   if start is not None:
     state, meta = checkpointer.restore(start, trainer.abstract_state)
@@ -370,8 +433,11 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
                            text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
-                           shuffle=config.data.shuffle, position=position, text_cache=text_cache)
+                           shuffle=config.data.shuffle, position=position, text_cache=text_cache,
+                           workers=config.data.workers)
   step_fn = trainer.jit_step(frozen_shardings)
+  if is_host0:
+    drop_rows_after(stage_dir, start)  # the steps after the checkpoint run again and log again
   writer = MetricWriter(stage_dir)
   total = int(train_cfg.steps)
   end = min(total, int(stop_after)) if stop_after else total
@@ -409,7 +475,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
           end = min(total, int(stop_after)) if stop_after else total
           config.train.steps = total
           write_config()
-          trainer.tx, trainer.schedule = make_optimizer(config.optim, total)
+          trainer.set_total_steps(total)
           step_fn = trainer.jit_step(frozen_shardings)
           print(f"--fit-minutes {fit_minutes}: train.steps={total} at {fitter.rate:.3g} steps/s")
           if bar is not None:

@@ -39,6 +39,37 @@ class MetricWriter:
       self._tb.close()
 
 
+def has_rows(directory):
+  """Whether DIR/metrics.jsonl has anything in it (a run logged steps there)."""
+  path = os.path.join(directory, "metrics.jsonl")
+  return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def drop_rows_after(directory, step):
+  """Removes the records of steps after `step` from DIR/metrics.jsonl, and lines that do not
+  parse (one torn by a kill): a resumed run logs those steps again. Rewritten through a temporary
+  file, so a kill meanwhile leaves the old file or the new one."""
+  path = os.path.join(directory, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line.rstrip("\n") + "\n" for line in lines if _step_of(line) <= step]
+  if kept == lines:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _step_of(line):
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return math.inf  # not a record
+
+
 def _to_json(v):
   v = float(v)
   return v if math.isfinite(v) else str(v)

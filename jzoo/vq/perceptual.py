@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jzoo.errors import ConfigError
-from jzoo.eval import lpips
+from jzoo.nn import lpips
 
 PERCEPTUAL = "perceptual"
 

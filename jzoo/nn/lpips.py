@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from jzoo.errors import CheckpointError
-from jzoo.eval.inception import read_safetensors, read_torch_state_dict
+from jzoo.io.weight_files import read_safetensors, read_torch_state_dict
 
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"

@@ -39,10 +39,10 @@ import PIL.Image
 from flax import traverse_util
 
 from jzoo.errors import CheckpointError, UserError
-from jzoo.eval.clip_tokenizer import CLIPTokenizer, _read_json
+from jzoo.io.weight_files import open_safetensors
 from jzoo.nn.attention import dot_product_attention
 from jzoo.nn.transformer import causal_mask
-from jzoo.text.t5_import import _open_safetensors
+from jzoo.text.clip_tokenizer import CLIPTokenizer, _read_json
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -374,7 +374,7 @@ def load_params(folder, model: CLIP) -> dict:
              "transformers' save_pretrained)") if os.path.exists(
                  os.path.join(folder, "pytorch_model.bin")) else ""
     raise CheckpointError(f"{folder}: no model.safetensors{extra}")
-  tensors, _, source = _open_safetensors(folder)
+  tensors, _, source = open_safetensors(folder)
   expected = param_shapes(model)
   flat = {}
   for key in sorted(tensors):

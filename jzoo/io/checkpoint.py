@@ -88,15 +88,31 @@ def _first_line(e):
   return text[0][:300] if text else ""
 
 
-def load_params(model_dir, stage, item="ema", step=None):
+def config_name(config):
+  """The --config that rebuilds `config`: FAMILY:VARIANT, else the file or name it was loaded from
+  (a placeholder without a config)."""
+  if config is None:
+    return "FAMILY:VARIANT"
+  variant = config.get("variant", "")
+  return f"{config.model}:{variant}" if variant else config.get("config_ref", config.model)
+
+
+def train_command(stage, model_dir, config=None):
+  """The command line that trains `stage` of `config`'s model into `model_dir`, for error hints."""
+  return (f"python -m jzoo.train --config {config_name(config)} --config.stage={stage} "
+          f"--workdir {model_dir}")
+
+
+def load_params(model_dir, stage, item="ema", step=None, config=None):
   """Numpy parameters of `stage` from the latest (or given) checkpoint in `model_dir`.
 
-  Returns the EMA parameters by default, which is what sampling uses."""
+  Returns the EMA parameters by default, which is what sampling uses. `config`: the model's, for
+  the command in the error when the stage has no checkpoint."""
   directory = checkpoints_dir(model_dir, stage)
   if not os.path.isdir(directory):
     raise CheckpointError(f"no checkpoint for stage {stage!r} in {os.path.abspath(model_dir)} "
-                          f"(expected {directory}); train it with python -m jzoo.train "
-                          f"--config.stage={stage} --workdir {model_dir}")
+                          f"(expected {directory}); train it with "
+                          f"{train_command(stage, model_dir, config)}")
   manager = ocp.CheckpointManager(directory, item_names=ITEMS)
   try:
     step = manager.latest_step() if step is None else step

@@ -1,4 +1,7 @@
-"""`nearby_attention` under `shard_map`: batch and heads sharded by logical axis rules.
+"""Attention kernels under `shard_map`: batch and heads sharded by logical axis rules.
+
+The kernels (`jzoo.kernels`) know nothing of meshes or logical names; this is where the
+model's axis rules meet them.
 
 Modules name the axes of the attention tensors with logical names
 (`jzoo.parallel.rules`); the rules map them to mesh axes. Each device then
@@ -11,9 +14,8 @@ not do.
 import jax
 from jax.sharding import PartitionSpec as P
 
+from jzoo.kernels import nearby_attention
 from jzoo.parallel import rules as rules_lib
-
-from . import api
 
 # Logical names of the axes of q, k, v and the output.
 LOGICAL_AXES = ("batch", "frames", "height", "width", "heads", "kv")
@@ -41,12 +43,12 @@ def logical_to_spec(logical_axes, rules, mesh):
 
 def sharded_nearby_attention(q, k, v, *, mesh, radius, causal=False, impl="auto",
                              logical_axes=LOGICAL_AXES, rules=None, interpret=None):
-  """`api.nearby_attention` inside `shard_map` over `mesh`.
+  """`jzoo.kernels.nearby_attention` inside `shard_map` over `mesh`.
 
   Args:
     q, k, v: global arrays [B, T, H, W, heads, D] (k, v may have another grid).
     mesh: the jax.sharding.Mesh the model runs on, or the AbstractMesh of the jit being traced.
-    radius, causal, impl, interpret: as in `api.nearby_attention`; "auto"
+    radius, causal, impl, interpret: as in `nearby_attention`; "auto"
       picks the kernel for the mesh's platform (so AOT tracing for a TPU
       topology on a CPU host gets the TPU kernel).
     logical_axes: logical names of the six axes.
@@ -67,7 +69,7 @@ def sharded_nearby_attention(q, k, v, *, mesh, radius, causal=False, impl="auto"
     platform = device.platform if device is not None else jax.default_backend()
 
   def per_shard(q, k, v):
-    return api.nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl,
+    return nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl,
                                 interpret=interpret, platform=platform)
 
   return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
