@@ -78,7 +78,7 @@ def test_a_misspelt_fusion_kind_is_a_one_line_config_error():
 
 
 def test_trainer_and_generation_compile_with_the_configs_options(monkeypatch):
-  from jzoo import sample
+  from jzoo import pipeline
   from jzoo.parallel import mesh as mesh_lib
   from jzoo.training.loop import Trainer
   seen = []
@@ -91,9 +91,9 @@ def test_trainer_and_generation_compile_with_the_configs_options(monkeypatch):
   monkeypatch.setattr(compiler, "jit", spy)
   config = config_lib.load("imagen:micro")
   Trainer(config, mesh_lib.make_mesh(config.mesh)).jit_step(None)  # builds, does not compile
-  sample._jitted_generate.cache_clear()
-  sample._jitted_generate(compiler.ynn_fusions_of(config))
-  sample._jitted_generate.cache_clear()
+  pipeline._jitted_generate.cache_clear()
+  pipeline._jitted_generate(compiler.ynn_fusions_of(config))
+  pipeline._jitted_generate.cache_clear()
   assert seen == ["eltwise,reduce", "eltwise,reduce"]
 
 
@@ -112,5 +112,6 @@ def test_cpu_chunked_runs_rows_a_few_at_a_time_with_the_same_result():
     calls.clear()
     out = jax.jit(compiler.cpu_chunked(fn, rows))(x, pair)
     assert calls == [chunk]
-    np.testing.assert_allclose(out["sum"], direct["sum"], rtol=1e-6)
-    np.testing.assert_allclose(out["rows"], direct["rows"], rtol=1e-6)
+    # Eager against jitted chunks: XLA may fuse the sum differently (a few float32 ulps).
+    np.testing.assert_allclose(out["sum"], direct["sum"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["rows"], direct["rows"], rtol=1e-5, atol=1e-6)

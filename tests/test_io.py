@@ -1,3 +1,5 @@
+import warnings
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -32,7 +34,12 @@ def test_gif_has_all_frames(tmp_path):
 def test_mp4_decodes_to_the_same_number_of_frames(tmp_path):
   video = np.repeat(np.linspace(0, 255, 16, dtype=np.uint8)[None, None, :, None], 3, -1)
   video = np.broadcast_to(video, (6, 16, 16, 3)).copy()
-  path = write_media(str(tmp_path / "v.mp4"), video, "mp4")
+  import jax
+  jax.numpy.zeros(1).block_until_ready()  # JAX running: its fork hook is armed
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    path = write_media(str(tmp_path / "v.mp4"), video, "mp4")
+  assert not [w for w in caught if "fork" in str(w.message)]  # ffmpeg starts quietly
   frames = _read_mp4(path)
   assert frames.shape[:3] == (6, 16, 16)
   assert np.abs(frames.astype(int) - video.astype(int)).mean() < 8

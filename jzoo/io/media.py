@@ -1,6 +1,7 @@
 """PNG / GIF / MP4 writers, a PNG/GIF reader, and grids. uint8 [H,W,3] images or [T,H,W,3] videos."""
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -64,10 +65,14 @@ def write_mp4(path, video, fps=8):
   _prepare(path)
   t, h, w, c = video.shape
   video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  with imageio.get_writer(path, fps=fps, codec="libx264", quality=9, macro_block_size=1,
-                          pixelformat="yuv420p") as writer:
-    for frame in video:
-      writer.append_data(frame)
+  with warnings.catch_warnings():
+    # imageio starts ffmpeg through subprocess, which JAX's fork hook warns about; the child
+    # execs ffmpeg at once and runs no Python, so the deadlock the warning is about cannot occur.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=9, macro_block_size=1,
+                            pixelformat="yuv420p") as writer:
+      for frame in video:
+        writer.append_data(frame)
   return path
 
 

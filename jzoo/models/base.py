@@ -150,62 +150,26 @@ class Model:
     """Stages whose parameters `loss(stage, ...)` reads but does not train."""
     return ()
 
+  # Stage components (a frozen text encoder, a tokenizer stage) a model holds in `components`
+  # answer for the frozen dependencies and weight files they bring.
+  components: Sequence[Any] = ()
+
   def frozen_abstract_params(self, stage):
     """Abstract params of a frozen dependency that is not a stage of this model (the
     tokenizers' perceptual network), else None (the trainer then builds the stage's)."""
-    from jzoo.vq import perceptual
-    return perceptual.abstract_params() if stage == perceptual.PERCEPTUAL else None
-
-  def tokenizer_frozen(self):
-    """The tokenizer stage's frozen dependencies: the perceptual network when its loss has one."""
-    from jzoo.vq import perceptual
-    return (perceptual.PERCEPTUAL,) if perceptual.weight(self.config.tokenizer) > 0 else ()
-
-  def init_tokenizer(self, rng, pixels):
-    """The tokenizer stage's variables: the tokenizer's (`self.tokenizer`), plus a
-    discriminator's under jzoo.vq.discriminator.NAME when its loss is adversarial."""
-    from jzoo.vq import discriminator as disc
-    module = disc.from_config(self.config.tokenizer)
-    if module is None:
-      return self.tokenizer.init(rng, pixels)
-    tokenizer_rng, disc_rng = jax.random.split(rng)
-    variables = self.tokenizer.init(tokenizer_rng, pixels)
-    params = dict(variables["params"])
-    params[disc.NAME] = module.init(disc_rng, disc.frames(pixels))["params"]
-    return dict(variables, params=params)
-
-  def tokenizer_loss(self, params, pixels, frozen):
-    """The tokenizer stage's loss (jzoo.vq.cvivit.tokenizer_loss) with the config's options:
-    L1/L2, the perceptual and the adversarial terms."""
-    from jzoo.vq import discriminator as disc
-    from jzoo.vq import perceptual
-    from jzoo.vq.cvivit import tokenizer_loss
-    tk = self.config.tokenizer
-    extra = None
-    if perceptual.PERCEPTUAL in frozen:
-      extra = (frozen[perceptual.PERCEPTUAL], perceptual.weight(tk))
-    outputs = self.tokenizer.apply({"params": params}, pixels)  # the discriminator's are unused
-    loss, metrics = tokenizer_loss(outputs, pixels, tk.reconstruction_loss, extra)
-    module = disc.from_config(tk)
-    if module is not None:
-      adv, adv_metrics, state = disc.adversarial_loss(
-          module, params[disc.NAME], outputs[0], pixels, float(tk.adversarial_weight),
-          int(tk.adversarial_start))
-      loss = loss + adv
-      updates = dict(metrics.pop("state_updates", {}), **{disc.NAME: state})
-      metrics = dict(metrics, **adv_metrics, state_updates=updates)
-    return loss, metrics
+    return self._ask_components("frozen_abstract_params", stage)
 
   def external_weights(self, stage):
     """Parameters of `stage` read from weight files the config names, or None when the stage's
     weights come from training (its checkpoint or an export; `jzoo.loading.frozen_params`):
     public T5 weights for an imported text encoder, the tokenizers' perceptual network."""
-    from jzoo.vq import perceptual
-    if stage == perceptual.PERCEPTUAL:
-      return perceptual.load(self.config.tokenizer)
-    text_encoder = getattr(self, "text_encoder", None)
-    if stage == "text_encoder" and text_encoder is not None and text_encoder.imported:
-      return text_encoder.import_weights()
+    return self._ask_components("external_weights", stage)
+
+  def _ask_components(self, method, stage):
+    for component in self.components:
+      answer = getattr(component, method)(stage)
+      if answer is not None:
+        return answer
     return None
 
   # --- sampling -----------------------------------------------------------

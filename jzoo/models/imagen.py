@@ -56,6 +56,7 @@ class Imagen(Model):
     self.stages = (TEXT_ENCODER,) + self.cascade
     self.dtype = layers.dtype_of(config.train.dtype)
     self.text_encoder = FrozenTextEncoder(config)
+    self.components = (self.text_encoder,)
     self.unets = {name: self._unet(name, i > 0) for i, name in enumerate(self.cascade)}
     for i, name in enumerate(self.cascade[1:], 1):
       low, high = self._stage(self.cascade[i - 1]).resolution, self._stage(name).resolution

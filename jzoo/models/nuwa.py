@@ -43,6 +43,7 @@ from jzoo.nn import layers, selection
 from jzoo.nn.attention import HeadsProjection, OutProjection
 from jzoo.nn.sharded_attention import sharded_nearby_attention
 from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
+from jzoo.vq.tokenizer_stage import TokenizerStage
 from jzoo.vq.vqgan import VQGAN
 
 TOKENIZER = "tokenizer"
@@ -308,6 +309,8 @@ class NUWA(Model):
                            code_dim=tk.code_dim, embed_dim=tk.embed_dim,
                            commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype,
                            codebook_ema=float(tk.codebook_ema))
+    self.tokenizer_stage = TokenizerStage(self.tokenizer, tk)
+    self.components = (self.tokenizer_stage,)
     f = 2 ** (len(tk.channel_mult) - 1)
     if tk.resolution % f:
       raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of the VQ-GAN's "
@@ -350,7 +353,7 @@ class NUWA(Model):
 
   def frozen_stages(self, stage):
     self._check_stage(stage)
-    return (TOKENIZER,) if stage == TRANSFORMER else self.tokenizer_frozen()
+    return (TOKENIZER,) if stage == TRANSFORMER else self.tokenizer_stage.frozen_stages()
 
   def _pixels(self, batch):
     return batch["video"] if self.video else batch["image"]
@@ -359,7 +362,7 @@ class NUWA(Model):
   def init(self, stage, rng, batch):
     self._check_stage(stage)
     if stage == TOKENIZER:
-      return self.init_tokenizer(rng, self._pixels(batch))
+      return self.tokenizer_stage.init(rng, self._pixels(batch))
     b = batch["tokens"].shape[0]
     codes = jnp.zeros((b, *self.grid), jnp.int32)
     return self.transformer.init(rng, batch["tokens"], batch["mask"], codes)
@@ -368,7 +371,7 @@ class NUWA(Model):
     self._check_stage(stage)
     if stage == TOKENIZER:
       x = self._pixels(batch)
-      return self.tokenizer_loss(params, x, frozen)
+      return self.tokenizer_stage.loss(params, x, frozen)
     codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
     logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
                                     deterministic=False, rngs={"dropout": rng})

@@ -34,6 +34,7 @@ from jzoo.nn.transformer import Transformer, heads_for
 from jzoo.parallel import compiler
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
 from jzoo.vq.cvivit import CViViT
+from jzoo.vq.tokenizer_stage import TokenizerStage
 
 TOKENIZER = "tokenizer"
 TRANSFORMER = "transformer"
@@ -101,6 +102,8 @@ class Phenaki(Model):
         codebook_size=tk.codebook_size, code_dim=tk.code_dim, commitment=tk.commitment,
         max_time_tokens=tk.max_time_tokens, image_size=tk.resolution, remat=remat,
         dtype=self.dtype, codebook_ema=float(tk.codebook_ema))
+    self.tokenizer_stage = TokenizerStage(self.tokenizer, tk)
+    self.components = (self.text_encoder, self.tokenizer_stage)
     try:
       self.time_tokens = self.tokenizer.num_time_tokens(int(tk.frames))
     except ValueError as e:
@@ -153,7 +156,7 @@ class Phenaki(Model):
     self._check_stage(stage)
     if stage == TRANSFORMER:
       return self.text_encoder.frozen_stages() + (() if self.codes_cached else (TOKENIZER,))
-    return self.tokenizer_frozen() if stage == TOKENIZER else ()
+    return self.tokenizer_stage.frozen_stages() if stage == TOKENIZER else ()
 
   # --- training --------------------------------------------------------------
   def init(self, stage, rng, batch):
@@ -161,7 +164,7 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:
       return self.text_encoder.init(rng, batch["tokens"], batch["mask"])
     if stage == TOKENIZER:
-      return self.init_tokenizer(rng, batch["video"])
+      return self.tokenizer_stage.init(rng, batch["video"])
     b, length = batch["mask"].shape
     tokens = jnp.zeros((b, *self.code_grid), jnp.int32)
     text = jnp.zeros((b, length, self.text_encoder.width), self.dtype)
@@ -172,7 +175,7 @@ class Phenaki(Model):
     if stage == TEXT_ENCODER:
       return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=TOKENIZER)
     if stage == TOKENIZER:
-      return self.tokenizer_loss(params, batch["video"], frozen)
+      return self.tokenizer_stage.loss(params, batch["video"], frozen)
     return self._transformer_loss(params, batch, rng, frozen)
 
   def _transformer_loss(self, params, batch, rng, frozen):

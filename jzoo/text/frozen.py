@@ -66,6 +66,13 @@ class FrozenTextEncoder:
       return "weights " + os.path.abspath(os.path.expanduser(str(self.config.weights)))
     return None
 
+  def frozen_abstract_params(self, stage):
+    return None  # the encoder is a stage of the model: the trainer builds its abstract params
+
+  def external_weights(self, stage):
+    """The public weights the config names, for the encoder's stage; else None."""
+    return self.import_weights() if stage == TEXT_ENCODER and self.imported else None
+
   def init(self, rng, tokens, mask):
     return self.module.init(rng, tokens, mask)
 

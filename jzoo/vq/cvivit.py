@@ -31,7 +31,7 @@ the quantizer act on one time step at a time, and the temporal transformers
 are causal; so the tokens (and the decoded frames) of time step t depend only
 on the frames (codes) of time steps <= t.
 
-Training loss (`tokenizer_loss`, with `Model.tokenizer_loss` adding the options):
+Training loss (`tokenizer_loss`, with `TokenizerStage.loss` adding the options):
 L2 (or L1) reconstruction + the VQ loss, optionally + LPIPS-VGG per frame from
 weight files the user gives (`jzoo.vq.perceptual`) and a per-frame PatchGAN
 hinge term (`jzoo.vq.discriminator`), and optionally an EMA codebook

@@ -28,7 +28,7 @@ Frames are folded into the batch before the encoder and unfolded after, so
 nothing mixes frames: the codes of frame t depend only on frame t, and the
 pixels of frame t only on the codes of frame t.
 
-Training loss (`Model.tokenizer_loss`): L2 or L1 reconstruction + VQ loss, +
+Training loss (`jzoo.vq.tokenizer_stage.TokenizerStage.loss`): L2 or L1 reconstruction + VQ loss, +
 LPIPS-VGG from weight files the user gives (`jzoo.vq.perceptual`), + the
 PatchGAN hinge term (`jzoo.vq.discriminator`), each configurable; it works
 unchanged on images and videos. `codebook_ema > 0` gives the EMA codebook
