@@ -17,9 +17,8 @@ import numpy as np
 from jzoo import config as config_lib
 from jzoo import registry
 from jzoo.errors import CheckpointError, UserError
-from jzoo.io import tree_files
+from jzoo.io import checkpoint, tree_files
 from jzoo.models import params as params_lib
-from jzoo.io import checkpoint
 
 
 def load_config(name):

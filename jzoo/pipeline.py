@@ -16,12 +16,16 @@ import functools
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jzoo import config as config_lib
 from jzoo import loading, registry
 from jzoo.errors import CheckpointError
 from jzoo.models import base
+from jzoo.models import params as params_lib
+from jzoo.parallel import compiler
 from jzoo.text.tokenizer import Tokenizer
 
 # A prompt each model family can draw, by what its samples are.
@@ -55,6 +59,10 @@ class Pipeline:
   def output_shape(self):
     return self.model.output_shape
 
+  @functools.cached_property
+  def tokenizer(self):
+    return Tokenizer.load(self.config.text.tokenizer)
+
   @property
   def default_prompt(self):
     return DEFAULT_PROMPTS[self.model.task]
@@ -76,8 +84,7 @@ class Pipeline:
   def check_prompts(self, prompts, warn=sys.stderr):
     """PromptError for an empty or too-long prompt. A model trained on the shapes captions
     still draws a prompt outside their grammar, with a one-line warning on `warn`."""
-    tokenizer = Tokenizer.load(self.config.text.tokenizer)
-    base.check_prompts(prompts, self.model.text_length, tokenizer)
+    base.check_prompts(prompts, self.model.text_length, self.tokenizer)
     if warn is not None:
       for prompt in prompts:
         problem = out_of_grammar(self.model, prompt)
@@ -95,7 +102,7 @@ class Pipeline:
       prompts = [prompts]
     outputs = generate(self.model, self.params, list(prompts), num=num, seed=seed, steps=steps,
                        guidance=guidance, batch_size=batch_size, story=story, start=start,
-                       name=self.name)
+                       name=self.name, tokenizer=self.tokenizer)
     return np.stack(outputs)
 
 
@@ -188,18 +195,13 @@ def _same_family(model, name):
 
 
 def _random_params(model, seed):
-  import jax
-  from jzoo.models import params as params_lib
   return {s: params_lib.random_params(model, s, jax.random.PRNGKey(seed)) for s in model.stages}
 
 
 def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None, batch_size=16,
-             story=False, start=None, name=None):
-  """A list of uint8 arrays, one per output, in prompt-major order (`Pipeline.__call__`)."""
-  import jax
-  import jax.numpy as jnp
-  from jzoo.parallel import compiler
-
+             story=False, start=None, name=None, tokenizer=None):
+  """A list of uint8 arrays, one per output, in prompt-major order (`Pipeline.__call__`).
+  `tokenizer`: the model's, when the caller holds it loaded."""
   name = name or type(model).__name__
   if story:
     model.require(base.STORY, name, "; give one prompt at a time")
@@ -207,7 +209,7 @@ def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None
     model.require(base.IMAGE_TO_VIDEO if len(start) == 1 and model.can(base.IMAGE_TO_VIDEO)
                   else base.VIDEO_PREDICTION, name, "; drop the start frames")
     model.check_start_frames(np.shape(start))
-  tokenizer = Tokenizer.load(model.config.text.tokenizer)
+  tokenizer = tokenizer or Tokenizer.load(model.config.text.tokenizer)
   base.check_prompts(prompts, model.text_length, tokenizer)
   options = model.default_request_options()
   steps = options["steps"] if steps is None else steps
@@ -245,6 +247,5 @@ def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None
 def _jitted_generate(ynn_fusions=""):
   """One jitted generate for all models with the same XLA CPU options; the model is static
   (models hash by their config)."""
-  from jzoo.parallel import compiler
   return compiler.jit(lambda model, params, request, rng: model.generate(params, request, rng),
                       static_argnums=0, ynn_fusions=ynn_fusions)

@@ -128,9 +128,8 @@ def main(argv=None):
   model, name = pipe.model, pipe.name
   prompts = read_prompts(args, pipe.default_prompt)
   pipe.check_prompts(prompts)  # empty or too long: an error; outside the grammar: a warning
+  # Several --prompt to a video model tell a story (a model without story mode says so).
   story = args.prompt is not None and len(args.prompt) > 1 and model.makes_video
-  if story:
-    model.require(pipeline.base.STORY, name, "; give one --prompt or use --prompts-file")
   ext = args.format or ("gif" if model.makes_video else "png")
   if not model.makes_video and ext != "png":
     raise UserError(f"{name} makes images; use --format png")

@@ -23,14 +23,14 @@ import numpy as np
 import optax
 
 from jzoo import loading, registry
-from jzoo.models import params as params_lib
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
 from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from jzoo.io import checkpoint as ckpt_lib
+from jzoo.models import params as params_lib
 from jzoo.parallel import compiler, mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
-from jzoo.io import checkpoint as ckpt_lib
 from jzoo.training import init_maps
 from jzoo.training.metrics import MetricWriter, drop_rows_after, has_rows
 from jzoo.training.optim import freeze_mask, make_optimizer
