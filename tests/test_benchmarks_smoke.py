@@ -44,12 +44,15 @@ def runs(tmp_path_factory):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_backend_optimization_level=0")  # compiles dominate, as in tests
 
+  # Made here, not in the threads: tmp_path_factory numbers its folders without a lock.
+  folders = {name: tmp_path_factory.mktemp(name) for name in ORDER}
+
   def run(name):
     script, args, _, _ = SCRIPTS[name]
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, os.path.join(REPO, script), "--smoke", *args],
-                         cwd=tmp_path_factory.mktemp(name), env=env, capture_output=True,
-                         text=True, timeout=TIMEOUT)
+                         cwd=folders[name], env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
     return out, time.perf_counter() - t0
 
   t0 = time.perf_counter()
