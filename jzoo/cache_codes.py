@@ -1,9 +1,9 @@
 """python -m jzoo.cache_codes --config MODEL:VARIANT --workdir DIR --limit N [--out FOLDER]
 
 Precomputes the frozen tokenizer's codes of the first N clips of the train split
-(jzoo/vq/code_cache.py) with the tokenizer the model has in DIR (its trained
-`tokenizer` stage, or the export that --config.train.frozen_from names). Train
-the transformer on them with
+(an example-keyed frozen-output cache, jzoo/data/frozen_cache.py) with the
+tokenizer the model has in DIR (its trained `tokenizer` stage, or the export
+that --config.train.frozen_from names). Train the transformer on them with
 
   python -m jzoo.train --config MODEL:VARIANT --workdir DIR --config.stage=transformer \\
       --config.tokenizer.cache=FOLDER
@@ -54,8 +54,10 @@ def main(argv=None):
 
   import jax
   from jzoo import loading, registry
+  from jzoo.data import frozen_cache
+  from jzoo.data.pipeline import pixels_of
   from jzoo.data.sources import get_source
-  from jzoo.vq import code_cache
+  from jzoo.stage import code_cache_input
 
   config = config_lib.load(args.config, overrides)
   model = registry.build_model(config)
@@ -65,12 +67,13 @@ def main(argv=None):
                     "a later stage trains on")
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
-  source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
+  source = get_source(dataset, "train", size=spec.size, frames=spec.frames, fps=spec.fps)
   count = len(source) if args.limit is None else min(args.limit, len(source))
 
   params = loading.frozen_params(model, stage, args.workdir)
   encode_fn = jax.jit(model.encode_video)
-  encode = lambda pixels: encode_fn(params, pixels)  # params as an argument, not a constant
+  inp = code_cache_input(model.code_grid)
+  provenance = loading.input_provenance(model, inp, args.workdir, config, dataset)
   out = args.out or os.path.join(args.workdir, "code_cache")
   started = time.monotonic()
   if args.workers > 1:
@@ -78,20 +81,25 @@ def main(argv=None):
     pool = multiprocessing.get_context("spawn").Pool(args.workers, _init_worker, (source,))
     read = lambda indices: pool.map(_read_one, indices, chunksize=8)
   else:
-    pool, read = None, None
+    pool, read = None, lambda indices: [source[i] for i in indices]
+
+  def compute(batch):  # full batches: the jitted encoder compiles once
+    unique = list(dict.fromkeys(batch))  # the last batch's padding repeats an index: read once
+    examples = dict(zip(unique, read(unique)))
+    examples = [examples[i] for i in batch]
+    _, pixels = pixels_of(examples)
+    return [ex["caption"] for ex in examples], {"codes": encode_fn(params, pixels)}
+
   try:
-    meta = code_cache.build(out, source, count, encode, model.code_grid,
-                            int(config.tokenizer.codebook_size), batch_size=args.batch_size,
-                            read=read, dataset=dataset, split="train",
-                            origin=loading.stage_origin(args.workdir, stage, config,
-                                                        code_cache.FROZEN_FROM))
+    meta = frozen_cache.build(out, inp, range(count), compute, provenance,
+                              batch_size=args.batch_size,
+                              bounds={"codes": (0, int(config.tokenizer.codebook_size) - 1)})
   finally:
     if pool is not None:
       pool.close()
-  size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-  print(f"{out}: {meta['rows']} clips x {meta['grid']} codes ({size / 1e6:.1f} MB) in "
-        f"{time.monotonic() - started:.1f} s")
-  print(f"train on it with --config.tokenizer.cache={out}")
+  print(f"{out}: {meta['rows']} clips x {list(model.code_grid)} codes "
+        f"({frozen_cache.folder_size(out) / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
+  print(f"train on it with --config.{inp.config_key}={out}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """python -m jzoo.cache_text --config MODEL:VARIANT --workdir DIR [--out FOLDER] [--split train]
 
 Precomputes the frozen text encoder's embeddings of every distinct caption of a
-dataset split (jzoo/text/cache.py) with the encoder the model has in DIR (its
-trained `text_encoder` stage, or the public weights `config.text_encoder.weights`
-names). Train the conditioned stages on them with
+dataset split (a caption-keyed frozen-output cache, jzoo/data/frozen_cache.py)
+with the encoder the model has in DIR (its trained `text_encoder` stage, or the
+public weights `config.text_encoder.weights` names). Train the conditioned stages on them with
 
-  python -m jzoo.train --config MODEL:VARIANT --workdir DIR --config.stage=base \
+  python -m jzoo.train --config MODEL:VARIANT --workdir DIR --config.stage=base \\
       --config.text_encoder.cache=FOLDER
 
 so that the train step holds no encoder and does none of its FLOPs. Sampling
@@ -40,8 +40,9 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   from jzoo import loading, registry
+  from jzoo.data import frozen_cache
   from jzoo.data.sources import get_source
-  from jzoo.text import cache as cache_lib
+  from jzoo.stage import text_cache_input
   from jzoo.text.frozen import TEXT_ENCODER
   from jzoo.text.tokenizer import Tokenizer
 
@@ -53,8 +54,8 @@ def main(argv=None):
     raise UserError(f"{config.get('config_ref', args.config)} has no frozen text encoder to cache "
                     "(its text encoder trains with the model)")
   spec = model.data_spec(conditioned[0])
-  source = get_source(config.data.dataset or spec.dataset, args.split,
-                      resolution=spec.resolution, frames=spec.frames)
+  dataset = config.data.dataset or spec.dataset
+  source = get_source(dataset, args.split, size=spec.size, frames=spec.frames, fps=spec.fps)
   count = len(source) if args.limit is None else min(args.limit, len(source))
   started = time.monotonic()
   captions = [source.caption(i) for i in range(count)]
@@ -66,15 +67,20 @@ def main(argv=None):
   params = jax.tree_util.tree_map(  # a bfloat16 model keeps a T5-XXL encoder at 9 GB
       lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
   encode_fn = jax.jit(lambda p, t, m: encoder.encode(p, t, m).astype(jnp.float32))
-  encode = lambda tokens, mask: encode_fn(params, tokens, mask)  # params as an argument, not a constant
+  tokenizer = Tokenizer.load(config.text.tokenizer)
+
+  def compute(batch):  # full batches: the jitted encoder compiles once
+    tokens, mask = tokenizer.encode_batch(batch, spec.text_length)
+    return batch, {"text": encode_fn(params, tokens, mask), "mask": mask}  # params as an argument
+
+  inp = text_cache_input(spec.text_length, encoder.width)
   out = args.out or os.path.join(args.workdir, "text_cache")
-  meta = cache_lib.build(out, captions, encode, Tokenizer.load(config.text.tokenizer),
-                         spec.text_length, encoder.width, batch_size=args.batch_size,
-                         source=loading.text_encoder_origin(model, args.workdir))
-  size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-  print(f"{out}: {meta['rows']} captions x {meta['text_length']} tokens x {meta['width']} "
-        f"({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
-  print(f"train on it with --config.text_encoder.cache={out}")
+  meta = frozen_cache.build(out, inp, captions, compute,
+                            loading.input_provenance(model, inp, args.workdir, config, dataset),
+                            batch_size=args.batch_size, bounds={"mask": (0, 1)})
+  print(f"{out}: {meta['rows']} captions x {spec.text_length} tokens x {encoder.width} "
+        f"({frozen_cache.folder_size(out) / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
+  print(f"train on it with --config.{inp.config_key}={out}")
 
 
 if __name__ == "__main__":

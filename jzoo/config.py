@@ -226,3 +226,26 @@ def _add(block, path, value):
   for target in targets:
     if isinstance(target, dict):
       _add(target, rest, value)
+
+
+def build(cls, block, **given):
+  """`cls(...)` (a flax module, any dataclass) from a config block: every field of `cls` the block
+  has is read from it, so a new key is one line in the config and one field in the module. `given`
+  supplies the fields the block names differently or lacks (dtype, a size from another block) and
+  wins over the block. Lists become tuples (module fields must hash)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    if field.name in ("parent", "name") or not field.init:
+      continue
+    if field.name in given:
+      kwargs[field.name] = given.pop(field.name)
+    elif field.name in block:
+      value = block[field.name]
+      kwargs[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+    elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+      raise ConfigError(f"the config has no {field.name!r} for {cls.__name__}; add it to the "
+                        "model's config block")
+  if given:
+    raise TypeError(f"{cls.__name__} has no field {sorted(given)[0]!r}")
+  return cls(**kwargs)

@@ -87,6 +87,10 @@ def init_folder(config, keys=("init_from", "frozen_from")):
   return source
 
 
+# How else a model gets a frozen stage it has not trained: the end of stage_origin's error.
+FROZEN_FROM = "start from an export (--config.train.frozen_from=EXPORT)"
+
+
 def stage_origin(model_dir, stage, config, otherwise):
   """Which weights a frozen `stage` has for a model in `model_dir`, in words (its latest checkpoint
   there, else the export `train.init_from`/`frozen_from` names): a cache of what the stage
@@ -135,10 +139,12 @@ def export_bundle(model_dir, name, stages, config, out_dir=None):
     tree_files.save_tree(os.path.join(out_dir, f"{stage}.safetensors"),
                          stage_params(model_dir, stage, config), dtype=np.float16)
   # Every stage is in the bundle: it stands alone, without the training machine's exports and
-  # caches.
+  # frozen-output caches (every config key a stage's DataSpec inputs name).
+  model = registry.build_model(config)
+  cache_keys = sorted({i.config_key for s in model.stages for i in model.data_spec(s).inputs})
   config = config_lib.with_overrides(
       config, [f"train.{k}=" for k in ("init_from", "frozen_from", "teacher_from") if config.train.get(k)]
-      + [f"{s}.cache=" for s in ("text_encoder", "tokenizer") if config.get(s, {}).get("cache")])
+      + [f"{key}=" for key in cache_keys if config_value(config, key)])
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   return out_dir
@@ -163,6 +169,48 @@ def text_encoder_origin(model, model_dir):
   from jzoo.text.frozen import TEXT_ENCODER
   return model.text_encoder.source() or stage_origin(model_dir, TEXT_ENCODER, model.config,
                                                      "set --config.text_encoder.weights")
+
+
+def config_value(config, key):
+  """The value of a dotted config key ("tokenizer.cache"), or None where the config lacks it."""
+  value = config
+  for part in filter(None, str(key).split(".")):
+    if not hasattr(value, "keys") or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def tokenizer_name(name_or_path):
+  """A text tokenizer in words: a packaged name as is, a file as its absolute path."""
+  from jzoo.text.tokenizer import PACKAGED
+  name = str(name_or_path)
+  return name if name in PACKAGED else os.path.abspath(os.path.expanduser(name))
+
+
+def input_provenance(model, input, model_dir, config, dataset):
+  """What a frozen-output cache of `input` (a `jzoo.stage.Input` of the trained stage's
+  DataSpec) must have been made from, for `FrozenCache.check` (the cache CLIs record the same):
+
+    source         the producing stage's weights, in words (text_encoder_origin / stage_origin)
+    tokenizer      caption-keyed: the text tokenizer (the rows' token masks are its)
+    dataset/split  example-keyed: the examples the rows are (training reads "train")
+    codebook_size  where the producing stage's config block has one (the codes' range)
+  """
+  from jzoo.text.frozen import TEXT_ENCODER
+  if input.stage == TEXT_ENCODER and getattr(model, "text_encoder", None) is not None:
+    source = text_encoder_origin(model, model_dir)
+  else:
+    source = stage_origin(model_dir, input.stage, config, FROZEN_FROM)
+  provenance = {"source": source}
+  if input.keyed_by == "caption":
+    provenance["tokenizer"] = tokenizer_name(config.text.tokenizer)
+  else:
+    provenance.update(dataset=str(dataset), split="train")
+  block = config_value(config, input.config_key.rpartition(".")[0])
+  if block is not None and hasattr(block, "keys") and "codebook_size" in block:
+    provenance["codebook_size"] = int(block.codebook_size)
+  return provenance
 
 
 def checkpoint_params(model, model_dir):

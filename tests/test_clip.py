@@ -11,11 +11,18 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from jzoo.errors import CheckpointError, UserError
+from jzoo.parallel import mesh as mesh_lib
+from jzoo.parallel import rules
+from jzoo.parallel.sharding import logical_shardings, mesh_context
 from jzoo.text import clip
 from jzoo.text.clip_tokenizer import CLIPTokenizer
 
@@ -108,6 +115,66 @@ def test_mismatched_captions_change_the_score(golden, loaded):
   assert a[0] == pytest.approx(b[0], abs=1e-5) and np.allclose(a, a[0], atol=1e-5)
   assert np.abs(a[1:] - b[1:]).min() > 0.1
   assert ((0 <= b) & (b <= 100)).all()
+
+
+# --- logical axis names and sharding ---------------------------------------------------
+
+TINY = clip.CLIPConfig(
+    text=clip.TextConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                         num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=8,
+                         eos_token_id=49),
+    vision=clip.VisionConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                             num_hidden_layers=1, image_size=8, patch_size=4),
+    projection_dim=8)
+
+
+def _tiny_init(model, batch=2):
+  ids = jnp.tile(jnp.array([[1, 2, 49, 0]]), (batch, 1))
+  mask, pixels = (ids > 0).astype(jnp.int32), jnp.zeros((batch, 8, 8, 3))
+  return (lambda key: model.init(key, ids, mask, pixels)), (ids, mask, pixels)
+
+
+def test_every_parameter_has_logical_axis_names(loaded):
+  assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(loaded[1]))  # plain
+  model = clip.CLIP(TINY)
+  init, _ = _tiny_init(model)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))["params"]
+  known = {name for name, _ in rules.DEFAULT_RULES}
+  leaves = jax.tree_util.tree_leaves_with_path(
+      boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  assert len(leaves) == len(clip.param_shapes(model))
+  for path, leaf in leaves:
+    assert isinstance(leaf, nn.Partitioned), (path, "a parameter without names")
+    assert len(leaf.names) == leaf.value.ndim and set(leaf.names) - {None} <= known, (
+        path, leaf.names)
+  p = nn.get_partition_spec(boxed)
+  assert p["text_model"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"] == P("embed", "mlp")
+  assert p["text_model"]["encoder"]["layers_0"]["self_attn"]["q_proj"]["kernel"] == P(
+      "embed", "heads")
+  assert p["logit_scale"] == P()
+  # The tree the HF import renames into is unchanged by the names.
+  assert clip.param_shapes(model)[("vision_model", "embeddings", "patch_embedding",
+                                   "kernel")] == (4, 4, 3, 16)
+
+
+def test_sharded_init_and_apply_on_a_mesh():
+  model = clip.CLIP(TINY)
+  init, inputs = _tiny_init(model, batch=8)
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = logical_shardings(boxed, mesh, rules.DEFAULT_RULES)
+  flat = jax.tree_util.tree_leaves(shardings)
+  assert len(flat) == len(clip.param_shapes(model))
+  assert all(isinstance(s, NamedSharding) and s.mesh == mesh for s in flat)
+  fc1 = shardings["params"]["text_model"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
+  assert fc1.spec == P("fsdp", "tensor")  # FSDP on embed, tensor parallel on mlp
+  params = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(
+      jax.random.PRNGKey(0))["params"]
+  expected = model.apply({"params": jax.device_get(params)}, *inputs)
+  with mesh_context(mesh, rules.DEFAULT_RULES):
+    out = jax.jit(model.apply)({"params": params}, *inputs)
+  for a, b in zip(out, expected):
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # --- tokenizer ------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import pytest
 from jzoo import loading, registry
 from jzoo.models import base
 from jzoo.models import params as params_lib
+from jzoo.stage import DataSpec, Stage
+from jzoo.text.encoder import TextEncoder
 
 NAMES = sorted(registry.MODELS)
 B = 2
@@ -48,6 +50,24 @@ def test_capabilities_are_declared_and_agree_with_the_output(entry):
   if base.RECONSTRUCT in caps:
     assert callable(model.reconstruct)
   assert model.default_request_options().keys() == {"steps", "guidance"}
+
+
+def test_stages_and_text_encoders_follow_the_protocols(entry):
+  name, model = entry
+  assert model.stages and set(model.stage_table) == set(model.stages)
+  for stage in model.stages:
+    entry_ = model.stage_table[stage]
+    assert isinstance(entry_, Stage) and isinstance(entry_.data, DataSpec), (name, stage)
+    assert model.data_spec(stage) is entry_.data
+    spec = entry_.data
+    shapes = spec.batch_shapes(B)
+    assert spec.pixels == bool({"image", "video"} & shapes.keys()), (name, stage)
+    for i in spec.inputs:  # inputs name their cache and the command that builds it
+      assert i.config_key and i.command.startswith("python -m jzoo."), (name, stage, i)
+      assert set(i.names) <= shapes.keys()
+  # Every text-conditioned model reads its captions through one protocol.
+  assert isinstance(model.text_encoder, TextEncoder), name
+  assert model.text_encoder.width > 0
 
 
 def test_every_parameter_carries_logical_axis_names_the_rules_know(entry):

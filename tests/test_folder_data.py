@@ -168,3 +168,111 @@ def test_get_source(image_dir, tmp_path):
   assert all(choice in message for choice in ("shapes", "moving_shapes", "tfds:", "folder:"))
   with pytest.raises(DataError, match="not found"):
     sources.get_source(f"folder:{tmp_path / 'nope'}", "train", resolution=8)
+
+
+def _old_resize_and_crop(image, resolution):
+  """resize_and_crop before (height, width) sizes: square outputs must stay bit-identical to it."""
+  image = image.convert("RGB")
+  w, h = image.size
+  scale = resolution / min(w, h)
+  nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+  if (nw, nh) != (w, h):
+    image = image.resize((nw, nh), Image.BICUBIC)
+  left, top = (nw - resolution) // 2, (nh - resolution) // 2
+  return np.asarray(image.crop((left, top, left + resolution, top + resolution)), np.uint8)
+
+
+def test_square_is_unchanged():
+  rng = np.random.default_rng(1)
+  for (h, w), side in (((37, 53), 16), ((64, 21), 9), ((20, 20), 20), ((10, 7), 24), ((33, 33), 8)):
+    image = Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+    old = _old_resize_and_crop(image, side)
+    np.testing.assert_array_equal(folder.resize_and_crop(image, side), old)
+    np.testing.assert_array_equal(folder.resize_and_crop(image, (side, side)), old)
+
+
+@pytest.mark.parametrize("size, top, left", [
+    # 4x4-pixel blocks, 64 high x 128 wide: both sizes scale it by 1/4 (one pixel a block, 16 x 32),
+    # then the centre crop starts at block column 4, resp. block row 2.
+    ((16, 24), 0, 4),
+    ((12, 32), 2, 0),
+])
+def test_resize_and_crop_non_square(size, top, left):
+  blocks = np.random.default_rng(0).integers(0, 256, (16, 32, 3)).astype(np.uint8)
+  out = folder.resize_and_crop(Image.fromarray(np.repeat(np.repeat(blocks, 4, 0), 4, 1)), size)
+  assert out.shape == (*size, 3)
+  def error(t, l):
+    return np.abs(out.astype(int) - blocks[t:t + size[0], l:l + size[1]]).mean()
+  # A crop one block off along the cropped side fits much worse.
+  off = [(top, left + d) if left else (top + d, left) for d in (-1, 1)]
+  assert error(top, left) < 25 and all(error(top, left) < 0.5 * error(*o) for o in off), off
+
+
+def test_non_square_folder(image_dir, video_dir):
+  source = folder.FolderSource(image_dir, size=(6, 4))
+  assert source.size == (6, 4) and source.fps is None
+  anim, tall, wide = (source[i]["image"] for i in range(3))
+  assert anim.shape == tall.shape == wide.shape == (6, 4, 3)
+  # wide.png, 40x20 (w x h), red | green | blue: covering 4 wide x 6 high scales it to 12x6, whose
+  # centre 4 columns (4..7) are all green.
+  np.testing.assert_array_equal(wide[:, 1:-1], np.broadcast_to(GREEN, (6, 2, 3)))
+  videos = folder.FolderSource(video_dir, size=(4, 6), frames=3)
+  assert all(videos[i]["video"].shape == (3, 4, 6, 3) for i in range(3))
+  # Square sizes read the same either way.
+  np.testing.assert_array_equal(folder.FolderSource(image_dir, size=(8, 8))[2]["image"],
+                                folder.FolderSource(image_dir, resolution=8)[2]["image"])
+  got = sources.get_source(f"folder:{image_dir}", "train", size=(6, 4))[2]["image"]
+  np.testing.assert_array_equal(got, wide)
+
+
+def _numbered_dir(tmp_path, write, name):
+  """A folder with one clip of 16 frames, frame k grey 15·k, written by `write(path, video)`."""
+  d = tmp_path / name
+  d.mkdir()
+  video = np.stack([_solid((15 * k,) * 3, 16, 16) for k in range(16)])
+  path = str(d / f"clip.{name}")
+  write(path, video)
+  (d / "clip.txt").write_text("numbered")
+  return d
+
+
+def _numbers(video):
+  return [int(round(f.mean() / 15)) for f in video]
+
+
+def test_mp4_fps(tmp_path):
+  from jzoo.io import media
+  d = _numbered_dir(tmp_path, lambda p, v: media.write_mp4(p, v, fps=8), "mp4")
+  def frames(n, fps):
+    source = sources.get_source(f"folder:{d}", "train", resolution=8, frames=n, fps=fps)
+    return _numbers(source[0]["video"])
+  assert frames(4, 8) == [0, 1, 2, 3]  # the file's own rate
+  assert frames(4, 4) == [0, 2, 4, 6]  # frame k at k/4 s
+  assert frames(5, 3) == [0, 3, 5, 8, 11]  # nearest to k·8/3
+  # 16 frames at 8 fps last 2 s: later times repeat the last frame.
+  assert frames(6, 2) == [0, 4, 8, 12, 15, 15]
+  assert frames(4, None) == [0, 5, 10, 15]  # unset: over the whole clip, as before
+
+
+def test_gif_fps(tmp_path):
+  def write(path, video):  # 50 ms a frame (20 fps), but frame 1 shows for 250 ms
+    durations = [50] * len(video)
+    durations[1] = 250
+    frames = [Image.fromarray(f) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+  d = _numbered_dir(tmp_path, write, "gif")
+  source = folder.FolderSource(d, resolution=8, frames=6, fps=10)
+  assert source.fps == 10.0
+  # Frames start at 0, 50, 300, 350, ... ms; times 0, 100, ..., 500 ms take the nearest start
+  # (100 ms: frame 1, from 50; 200 ms: frame 2, from 300, is nearer; 500 ms: 300 + 4·50, frame 6).
+  assert _numbers(source[0]["video"]) == [0, 1, 2, 2, 4, 6]
+  assert _numbers(folder.FolderSource(d, resolution=8, frames=4)[0]["video"]) == [0, 5, 10, 15]
+
+
+def test_fps_errors(image_dir, video_dir):
+  with pytest.raises(DataError, match=r"jump is a folder of frames.*leave fps unset or give MP4"):
+    folder.FolderSource(video_dir, resolution=8, frames=4, fps=8)
+  with pytest.raises(DataError, match="video setting"):
+    folder.FolderSource(image_dir, resolution=8, fps=8)
+  with pytest.raises(TypeError, match="exactly one of"):
+    folder.FolderSource(image_dir)

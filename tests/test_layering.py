@@ -13,8 +13,8 @@ FOLDERS = {"jzoo": "jzoo", "jzoo.kernels": "kernels", "jzoo.configs": "configs"}
 # Rank of each top-level module or package; a module imports only ranks <= its own.
 RANKS = {
     "jzoo.kernels": 0,
-    "jzoo.errors": 1, "jzoo.io": 1, "jzoo.parallel": 1, "jzoo.configs": 1, "jzoo.config": 1,
-    "jzoo.nn": 2, "jzoo.text": 2, "jzoo.data": 2, "jzoo.diffusion": 2, "jzoo.eval": 2,
+    "jzoo.errors": 1, "jzoo.stage": 1, "jzoo.io": 1, "jzoo.parallel": 1, "jzoo.configs": 1, "jzoo.config": 1,
+    "jzoo.nn": 2, "jzoo.sampling": 2, "jzoo.text": 2, "jzoo.data": 2, "jzoo.diffusion": 2, "jzoo.eval": 2,
     "jzoo.vq": 3, "jzoo.models": 3,
     "jzoo.registry": 4, "jzoo.loading": 4, "jzoo.training": 4, "jzoo.pipeline": 4,
     "jzoo.cli": 5, "jzoo.sample": 5, "jzoo.train": 5, "jzoo.evaluate": 5, "jzoo.bench": 5,

@@ -15,7 +15,7 @@ from jzoo.models import phenaki
 from jzoo.models import params as params_lib
 from jzoo.models.params import count_params
 from jzoo.models.base import Request
-from jzoo.nn import maskgit
+from jzoo.sampling import maskgit
 from tests.model_helpers import caption_batch, fit, noisy, train_micro_stages
 
 B = 2

@@ -12,7 +12,7 @@ import pytest
 
 from jzoo import config as config_lib
 from jzoo import loading
-from jzoo.errors import ConfigError
+from jzoo.errors import ConfigError, UserError
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.io import checkpoint
 from jzoo.training import init_maps
@@ -70,6 +70,19 @@ def test_freeze_keeps_matching_params_at_their_init_with_no_optimizer_state(tmp_
   np.testing.assert_array_equal(_paths(state["params"])["Conv_0/kernel"], init["Conv_0/kernel"])
 
 
+def test_resuming_with_another_freeze_is_a_user_error_that_keeps_the_checkpoint(tmp_path):
+  _train(toy_config("train.freeze=Conv_0", "train.steps=6"), tmp_path, stop_after=3)
+  with pytest.raises(UserError) as e:
+    _train(toy_config("train.steps=6"), tmp_path)
+  assert "trained with train.freeze='Conv_0'" in str(e.value)
+  assert "--config.train.freeze='Conv_0'" in str(e.value)
+  # The same freeze resumes from the kept checkpoint.
+  _train(toy_config("train.freeze=Conv_0", "train.steps=6"), tmp_path)
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoints_dir(tmp_path, STAGE))
+  assert ckpt.latest_step() == 6
+  ckpt.close()
+
+
 def test_a_freeze_pattern_matching_nothing_is_a_config_error():
   with pytest.raises(ConfigError) as e:
     _trainer(toy_config("train.freeze=Conv_0,Dense_9"))
@@ -116,7 +129,7 @@ def test_init_stage_names_the_export_stage_and_unknown_maps_are_errors(trained, 
 class DistilledToy(Toy):
   """The toy denoiser trained to match a teacher's prediction (frozen[TEACHER])."""
 
-  def loss(self, stage, params, batch, rng, frozen):
+  def _loss(self, params, batch, rng, frozen):
     x = batch["image"] + jax.random.normal(rng, batch["image"].shape)
     student = self.net.apply({"params": params}, x, batch["tokens"], batch["mask"])
     teacher = self.net.apply({"params": frozen[TEACHER]}, x, batch["tokens"], batch["mask"])

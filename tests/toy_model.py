@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jzoo.models.base import DataSpec, Model, to_uint8
+from jzoo.models.base import DataSpec, Model, Stage, to_uint8
 from jzoo.configs._common import base_config
 
 
@@ -35,23 +35,21 @@ class Denoiser(nn.Module):
 
 
 class Toy(Model):
-  stages = ("denoiser",)
 
   def __init__(self, config):
     super().__init__(config)
     self.net = Denoiser(vocab=config.toy.vocab, width=config.toy.width)
-
-  def data_spec(self, stage):
-    return DataSpec("shapes", self.config.toy.resolution, None, self.config.text.length)
+    data = DataSpec("shapes", self.config.toy.resolution, text_length=self.config.text.length)
+    self.stage_table = {"denoiser": Stage(data, init=self._init, loss=self._loss)}
 
   @property
   def output_shape(self):
     return (self.config.toy.resolution,) * 2
 
-  def init(self, stage, rng, batch):
+  def _init(self, rng, batch):
     return self.net.init(rng, batch["image"], batch["tokens"], batch["mask"])
 
-  def loss(self, stage, params, batch, rng, frozen):
+  def _loss(self, params, batch, rng, frozen):
     x = batch["image"]
     noise = jax.random.normal(rng, x.shape)
     pred = self.net.apply({"params": params}, x + noise, batch["tokens"], batch["mask"])

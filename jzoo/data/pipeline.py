@@ -20,9 +20,11 @@ MaxText. Every source (sources.py) is a Grain random-access data source (`len`,
                                   w, w+workers, ...; Grain interleaves them back in order
 
 Batching comes before the worker split, so each worker holds whole steps and the
-batch of a position does not depend on `workers` or `prefetch`. Text (tokens, or
-a text-embedding cache's rows) is added in this process: it is cheap, and keeps
-the tokenizer and the cache's memory map out of the workers.
+batch of a position does not depend on `workers` or `prefetch`. Text (tokens, and
+the rows of caption-keyed frozen-output caches: a text encoder's embeddings) is
+added in this process: it is cheap, and keeps the tokenizer and the caption
+index out of the workers. Example-keyed caches (a tokenizer's codes) are part of
+the source (frozen_cache.JoinedSource): their rows are read with the example.
 
 `workers=0` (the default, and what tests use) reads in threads of this process,
 which suits the procedural streams, code caches and small images. Decoding-heavy
@@ -98,36 +100,44 @@ def pixels_of(examples):
   return key, np.stack([ex[key] for ex in examples]).astype(np.float32) / 127.5 - 1.0
 
 
+PIXELS = ("image", "video")
+
+
 def stack_examples(examples):
-  """List of {image|video uint8 | codes, caption} -> {pixels in [-1, 1] | codes int32,
-  "caption": [str]}: the part of `collate` done where examples are read."""
-  if "codes" in examples[0]:  # a jzoo.vq.code_cache.CodeCache: a frozen tokenizer's codes
-    batch = {"codes": np.stack([ex["codes"] for ex in examples]).astype(np.int32)}
-  else:
+  """List of {image|video uint8, caption, arrays of example-keyed caches} -> {pixels in [-1, 1],
+  each array stacked [B, ...] (codes, embeddings: their cache's declared dtypes), "caption":
+  [str]}: the part of `collate` done where examples are read."""
+  first = examples[0]
+  batch = {}
+  if any(k in first for k in PIXELS):
     key, pixels = pixels_of(examples)
-    batch = {key: pixels}
+    batch[key] = pixels
+  for key in first:
+    if key not in PIXELS and key != "caption":
+      batch[key] = np.stack([np.asarray(ex[key]) for ex in examples])
   batch["caption"] = [ex["caption"] for ex in examples]
   return batch
 
 
-def add_text(batch, tokenizer, text_length, text_cache=None):
-  """stack_examples' batch with its captions replaced by their tokens and mask, or with a
-  jzoo.text.cache.TextEmbeddingCache by their cached embeddings ("text") and mask."""
+def add_text(batch, tokenizer, text_length, caches=(), tokens=True):
+  """stack_examples' batch with its captions replaced by their tokens and mask (`tokens`) and
+  by the rows of each caption-keyed frozen-output cache (jzoo.data.frozen_cache.FrozenCache:
+  a text encoder's embeddings "text" and their "mask")."""
   batch = dict(batch)
   captions = batch.pop("caption")
-  if text_cache is not None:
-    batch["text"], batch["mask"] = text_cache.lookup(captions)
-    return batch
-  tokens, mask = tokenizer.encode_batch(captions, text_length)
-  batch["tokens"] = np.asarray(tokens, np.int32)
-  batch["mask"] = np.asarray(mask, np.int32)
+  if tokens:
+    ids, mask = tokenizer.encode_batch(captions, text_length)
+    batch["tokens"] = np.asarray(ids, np.int32)
+    batch["mask"] = np.asarray(mask, np.int32)
+  for cache in caches:
+    batch.update(cache.lookup(captions))
   return batch
 
 
-def collate(examples, tokenizer, text_length, text_cache=None):
-  """List of {image|video uint8 | codes, caption} -> numpy batch: pixels in [-1, 1] (or codes),
-  the captions' tokens and mask, or with a text cache their embeddings ("text") and mask."""
-  return add_text(stack_examples(examples), tokenizer, text_length, text_cache)
+def collate(examples, tokenizer, text_length, caches=(), tokens=True):
+  """List of {image|video uint8 | cached arrays, caption} -> numpy batch: pixels in [-1, 1],
+  the cached arrays, the captions' tokens and mask, and the caption-keyed caches' rows."""
+  return add_text(stack_examples(examples), tokenizer, text_length, caches, tokens)
 
 
 def _readable_profiling_flag():
@@ -145,14 +155,18 @@ class InputPipeline:
   """Iterator of global, sharded batches. `position` is the resumable state.
 
   prefetch: batches read ahead (and reader threads); 0 reads each batch when asked.
-  workers: Grain worker processes (0: read in this process)."""
+  workers: Grain worker processes (0: read in this process).
+  caches: caption-keyed frozen-output caches whose rows each batch gets by caption, in this
+    process (example-keyed ones are part of `source`: frozen_cache.JoinedSource).
+  tokens: whether batches carry the captions' "tokens" and "mask" (DataSpec.tokens)."""
 
   def __init__(self, source, tokenizer, *, global_batch_size, text_length, mesh, seed=0,
                shuffle=True, position=0, prefetch=2, workers=0, process_index=None,
-               process_count=None, text_cache=None):
+               process_count=None, caches=(), tokens=True):
     self.source = source
     self.tokenizer = tokenizer
-    self.text_cache = text_cache
+    self.caches = tuple(caches)
+    self.tokens = bool(tokens)
     self.text_length = text_length
     self.mesh = mesh
     self.global_batch_size = global_batch_size
@@ -196,7 +210,8 @@ class InputPipeline:
   def __next__(self):
     if self._iterator is None:
       self._iterator = iter(self.local_batches(self.position))
-    local = add_text(next(self._iterator), self.tokenizer, self.text_length, self.text_cache)
+    local = add_text(next(self._iterator), self.tokenizer, self.text_length, self.caches,
+                     self.tokens)
     self.position += self.global_batch_size
     return self._to_global(local)
 

@@ -1,20 +1,31 @@
 """Random-access example sources, the input pipeline's view of every dataset.
 
-`get_source(dataset, split, resolution=..., frames=...)` returns an object
-with `len(source)`, `source[i] -> {"image": uint8 [H,W,3] | "video":
-uint8 [T,H,W,3], "caption": str}` and `source.caption(i)` (the caption alone,
-without decoding or rendering pixels where the format allows), for
+`get_source(dataset, split, size=(H, W) | resolution=S, frames=..., fps=...)` returns
+an object with `len(source)`, `source[i] -> {"image": uint8 [H,W,3] | "video":
+uint8 [T,H,W,3], "caption": str}`, `source.caption(i)` (the caption alone,
+without decoding or rendering pixels where the format allows) and `source.fps`
+(the clips' frame rate; None for images or where each clip keeps its own), for
 
-  "shapes", "moving_shapes"   SHAPES.md, rendered on the fly (any resolution;
-                              `train_size` sets the length of the train stream)
+  "shapes", "moving_shapes"   SHAPES.md, rendered on the fly (square canvases of
+                              any side; `train_size` sets the length of the
+                              train stream)
   "tfds:NAME[/CONFIG]"        a TFDS dataset read with `tfds.data_source`
                               (ArrayRecord, no TensorFlow); `data_dir` optional
   "folder:/path"              captioned files in a folder (see folder.py)
+
+Pixels that are not (H, W) already are scaled to just cover it and centre-cropped.
+`fps` None keeps each dataset's own timing (a clip's T frames sampled over its whole
+length); a rate samples frame k at time k/fps where the dataset has a frame rate
+(MP4/GIF folders; TFDS videos with an "fps" feature or metadata entry, or the
+moving_shapes builder), and is a DataError where it has none. A moving_shapes
+clip lasts MOVING_SHAPES_SECONDS, so its rate is frames / 2 s and nothing else.
 
 Each source is a Grain random-access data source (`grain.python.RandomAccessDataSource`:
 `len`, `[i]` for any integer type) that pickles (a TFDS split reopens its ArrayRecord files),
 so the input pipeline (pipeline.py) can read it in Grain's worker processes.
 """
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -25,15 +36,23 @@ from jzoo.errors import DataError
 
 CHOICES = ("shapes", "moving_shapes", "tfds:NAME[/CONFIG]", "folder:/path")
 DEFAULT_FRAMES = 16
+# SHAPES.md defines a moving_shapes clip as one motion (0.5·S between its first and last
+# frame) and gives it no duration; jzoo writes videos at 8 fps (jzoo/io/media.py), where the
+# default 16 frames play for 2 s. So a clip is that 2-second motion whatever its T frames: their
+# rate is T / 2 s, and another rate would be another speed, which the spec does not define.
+MOVING_SHAPES_SECONDS = 2.0
 CAPTION_KEYS = ("caption", "text", "captions")
 
 
 class ShapesSource:
   """`shapes` images of one split at `resolution`, rendered when read."""
 
+  fps = None  # images
+
   def __init__(self, split, resolution, train_size=None):
     _check_split(split)
     self.split, self.resolution = split, int(resolution)
+    self.size = (self.resolution, self.resolution)
     self._len = int(train_size) if (split == "train" and train_size) else shapes.split_size("shapes", split)
 
   def __len__(self):
@@ -53,8 +72,10 @@ class MovingShapesSource:
   def __init__(self, split, resolution, frames=DEFAULT_FRAMES, train_size=None):
     _check_split(split)
     self.split, self.resolution, self.frames = split, int(resolution), int(frames)
+    self.size = (self.resolution, self.resolution)
     if self.frames < 2:
       raise DataError(f"moving_shapes needs at least 2 frames, got {frames}")
+    self.fps = self.frames / MOVING_SHAPES_SECONDS
     self._len = (int(train_size) if (split == "train" and train_size)
                  else shapes.split_size("moving_shapes", split))
 
@@ -71,12 +92,12 @@ class MovingShapesSource:
 
 
 class TfdsSource:
-  """A prepared TFDS split read by random access; pixels resized/cropped to `resolution` if needed."""
+  """A prepared TFDS split read by random access; pixels resized/cropped to `size` if needed."""
 
-  def __init__(self, name, split, resolution, frames=None, data_dir=None, train_size=None):
+  def __init__(self, name, split, size, frames=None, data_dir=None, train_size=None, fps=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from jzoo.data import tfds_shapes  # pylint: disable=g-import-not-at-top,unused-import  (registers)
-    self.name, self.resolution, self.frames = name, int(resolution), frames
+    self.name, self.size, self.frames, self.fps = name, tuple(size), frames, fps
     if split == "train" and train_size:
       split = f"train[:{int(train_size)}]"
     try:
@@ -101,6 +122,22 @@ class TfdsSource:
                       f"feature; it has {sorted(keys)}")
     if self._pixels == "video" and not self.frames:
       self.frames = DEFAULT_FRAMES
+    # The clips' own frame rate, where the dataset says it: per example ("fps" feature), for the
+    # whole dataset (metadata), or by definition (moving_shapes).
+    self._rate = None
+    if self._pixels == "video" and "fps" not in keys:
+      meta = builder.info.metadata or {}
+      if isinstance(builder, tfds_shapes.MovingShapes):
+        self._rate = builder.builder_config.frames / MOVING_SHAPES_SECONDS
+      elif meta.get("fps"):
+        self._rate = float(meta["fps"])
+    if fps is not None:
+      if self._pixels != "video":
+        raise DataError(f"fps={fps:g} is a video setting, but TFDS dataset {name!r} has images")
+      if self._rate is None and "fps" not in keys:
+        raise DataError(f"TFDS dataset {name!r} gives no frame rate (no 'fps' feature or "
+                        f"metadata), so fps={fps:g} cannot be sampled; leave fps unset (frames "
+                        "sampled over each whole clip)")
 
   def __len__(self):
     return len(self._source)
@@ -111,7 +148,11 @@ class TfdsSource:
     pixels = np.asarray(ex[self._pixels])
     if self._pixels == "image":
       return {"image": self._fit(pixels), "caption": caption}
-    if pixels.shape[0] != self.frames:
+    if self.fps is not None:
+      rate = float(ex["fps"]) if self._rate is None else self._rate
+      pixels = pixels[folder_lib.time_indices(np.arange(pixels.shape[0]) / rate, self.frames,
+                                              self.fps)]
+    elif pixels.shape[0] != self.frames:
       pixels = pixels[folder_lib.sample_indices(pixels.shape[0], self.frames)]
     return {"video": np.stack([self._fit(f) for f in pixels]), "caption": caption}
 
@@ -129,10 +170,10 @@ class TfdsSource:
     return str(caption)
 
   def _fit(self, image):
-    if image.shape[:2] == (self.resolution, self.resolution) and image.shape[-1] == 3:
+    if image.shape[:2] == self.size and image.shape[-1] == 3:
       return image.astype(np.uint8)
     return folder_lib.resize_and_crop(Image.fromarray(np.squeeze(image).astype(np.uint8)),
-                                      self.resolution)
+                                      self.size)
 
 
 def _check_split(split):
@@ -147,18 +188,44 @@ def _index(index, length):
   return index
 
 
-def get_source(dataset, split, *, resolution, frames=None, train_size=None, data_dir=None):
-  """The examples of `split` of `dataset` (see the module docstring) at `resolution` (and `frames`)."""
+def _square_side(dataset, size):
+  h, w = size
+  if h != w:
+    raise DataError(f"the shapes datasets render square canvases (SHAPES.md), so {dataset!r} "
+                    f"cannot give {h}x{w} pixels; use height == width")
+  return h
+
+
+def _moving_shapes_frames(frames, fps):
+  """`frames`, checked against `fps`: a clip is one MOVING_SHAPES_SECONDS motion at frames / 2 s."""
+  frames = int(frames or DEFAULT_FRAMES)
+  seconds, rate = MOVING_SHAPES_SECONDS, frames / MOVING_SHAPES_SECONDS
+  if fps is not None and not math.isclose(fps, rate, rel_tol=1e-6):
+    raise DataError(f"a moving_shapes clip is one {seconds:g}-second motion, so fps must be "
+                    f"frames/{seconds:g} = {rate:g} for frames={frames}, not {fps:g} (e.g. frames=8 "
+                    "-> fps=4); change frames instead, or leave fps unset")
+  return frames
+
+
+def get_source(dataset, split, *, resolution=None, size=None, frames=None, fps=None,
+               train_size=None, data_dir=None):
+  """The examples of `split` of `dataset` (see the module docstring) at `size` = (height, width)
+  or a square `resolution` (exactly one), with `frames` per clip at `fps` (None: the dataset's own
+  timing)."""
+  size = folder_lib.pixel_size(resolution, size)
+  fps = folder_lib.check_fps(fps)
   dataset = str(dataset).strip()
   if dataset == "shapes":
-    if frames:
+    if frames or fps is not None:
       raise DataError("'shapes' is an image dataset; use 'moving_shapes' for videos")
-    return ShapesSource(split, resolution, train_size)
+    return ShapesSource(split, _square_side(dataset, size), train_size)
   if dataset == "moving_shapes":
-    return MovingShapesSource(split, resolution, frames or DEFAULT_FRAMES, train_size)
+    return MovingShapesSource(split, _square_side(dataset, size),
+                              _moving_shapes_frames(frames, fps), train_size)
   if dataset.startswith("tfds:") and dataset[5:]:
-    return TfdsSource(dataset[5:], split, resolution, frames, data_dir=data_dir, train_size=train_size)
+    return TfdsSource(dataset[5:], split, size, frames, data_dir=data_dir, train_size=train_size,
+                      fps=fps)
   if dataset.startswith("folder:") and dataset[7:]:
     # A user's folder has no splits: every split reads the whole folder.
-    return folder_lib.FolderSource(dataset[7:], resolution=resolution, frames=frames)
+    return folder_lib.FolderSource(dataset[7:], size=size, frames=frames, fps=fps)
   raise DataError(f"unknown dataset {dataset!r}; expected one of: {', '.join(CHOICES)}")

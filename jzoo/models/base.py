@@ -5,16 +5,19 @@ A `Model` is built from its config. The CLIs (`jzoo.train`, `jzoo.sample`,
 
   model = build_model(config)
   model.stages                       # trainable stages in training order, e.g. ("base", "sr64")
-  model.data_spec(stage)             # what the stage trains on
+  model.stage_table[stage]           # its jzoo.stage.Stage: data spec, init, loss, frozen stages
+  model.data_spec(stage)             # what the stage trains on (jzoo.stage.DataSpec)
   variables = model.init(stage, rng, batch)          # flax variables, params boxed with logical axis names
   loss, metrics = model.loss(stage, params, batch, rng, frozen)
   pixels = model.generate(params_by_stage, request, rng)   # uint8 [B,H,W,3] or [B,T,H,W,3]
 
-Batches are dicts of arrays whose leading axis is the batch:
+Batches are dicts of arrays whose leading axis is the batch (DataSpec.batch_shapes):
   "image": float32 [B, H, W, 3] in [-1, 1]   (image datasets)
   "video": float32 [B, T, H, W, 3] in [-1, 1] (video datasets)
   "tokens": int32 [B, L]   sentencepiece ids of the caption, 0-padded
   "mask":   int32 [B, L]   1 where a token is real
+plus the arrays of the spec's `inputs`, computed by other, frozen stages and read from their
+caches ("text" [B, L, D] embeddings, "codes" [B, t, h, w], ...).
 
 `frozen` holds the parameters of the stages this stage depends on but does
 not train (a text encoder, a visual tokenizer): no gradients, no optimizer
@@ -23,12 +26,14 @@ state. `frozen_stages(stage)` names them; `jzoo.loading.load_frozen` loads them.
 """
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jzoo.errors import CapabilityError, ConfigError, PromptError
+from jzoo.stage import (DataSpec, Input, Stage, code_cache_input,  # noqa: F401  (the contract)
+                        text_cache_input)
 
 # What a model can generate: it declares its capabilities (`Model.capabilities`) and the CLIs and
 # `jzoo.load` pipelines dispatch on them, so a request it cannot serve is a one-line error.
@@ -43,21 +48,6 @@ INTERPOLATION = "interpolation"            # between two prompts or images
 RECONSTRUCT = "reconstruct"                # a visual tokenizer's round trip (model.reconstruct)
 CAPABILITIES = (TEXT_TO_IMAGE, TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_PREDICTION, STORY, INFILL,
                 VARIATIONS, INTERPOLATION, RECONSTRUCT)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """What a stage trains on."""
-  dataset: str  # "shapes", "moving_shapes", "folder:/path/to/dir" or "tfds:NAME[/CONFIG]"
-  resolution: int  # square side in pixels
-  frames: Optional[int] = None  # None for images
-  text_length: int = 32  # tokens per caption, padded/truncated-with-error
-  # > 0: batches carry the captions' precomputed frozen embeddings ("text" [B, L, text_width],
-  # from the text-embedding cache the config names) instead of their tokens.
-  text_width: int = 0
-  # Non-empty: batches carry a frozen tokenizer's precomputed codes ("codes" int32 [B, *codes],
-  # from the code cache the config names) instead of pixels.
-  codes: tuple = ()
 
 
 @dataclasses.dataclass
@@ -80,10 +70,16 @@ jax.tree_util.register_dataclass(
 
 
 class Model:
-  """Base class: subclasses set `stages`, `capabilities` and implement the abstract methods."""
+  """Base class: subclasses set `stage_table` and `capabilities` in `__init__` and implement
+  `generate` and `output_shape`."""
 
-  stages: Sequence[str] = ()
   capabilities: frozenset = frozenset({TEXT_TO_IMAGE})
+  stage_table: dict = {}  # {stage name: Stage}, in training order
+
+  @property
+  def stages(self) -> Sequence[str]:
+    """Trainable stages in training order, e.g. ("text_encoder", "base", "sr")."""
+    return tuple(self.stage_table)
 
   @property
   def task(self) -> str:
@@ -124,9 +120,14 @@ class Model:
       raise ConfigError(f"{type(self).__name__} has no stage {stage!r}; "
                         f"choose one of {list(self.stages)}")
 
+  def stage(self, name) -> Stage:
+    self._check_stage(name)
+    return self.stage_table[name]
+
   # --- data ---------------------------------------------------------------
   def data_spec(self, stage) -> DataSpec:
-    raise NotImplementedError
+    """What `stage` trains on."""
+    return self.stage(stage).data
 
   @property
   def text_length(self) -> int:
@@ -140,15 +141,15 @@ class Model:
   # --- training -----------------------------------------------------------
   def init(self, stage, rng, batch):
     """Returns flax variables ({"params": ...}) for `stage`; params carry logical axis names."""
-    raise NotImplementedError
+    return self.stage(stage).init(rng, batch)
 
   def loss(self, stage, params, batch, rng, frozen):
     """Returns (scalar loss, dict of scalar metrics). Pure; jitted by the trainer."""
-    raise NotImplementedError
+    return self.stage(stage).loss(params, batch, rng, frozen)
 
   def frozen_stages(self, stage) -> Sequence[str]:
     """Stages whose parameters `loss(stage, ...)` reads but does not train."""
-    return ()
+    return tuple(self.stage(stage).frozen)
 
   # Stage components (a frozen text encoder, a tokenizer stage) a model holds in `components`
   # answer for the frozen dependencies and weight files they bring.

@@ -23,16 +23,19 @@ Stages, trained independently (`--config.stage=...`): "text_encoder", then
 `config.cascade` (e.g. "base", "sr"). Everything in `generate` runs in one jit.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from jzoo import config as config_lib
 from jzoo.diffusion import guidance as guidance_lib
 from jzoo.diffusion import losses
 from jzoo.diffusion import parameterization as param_lib
 from jzoo.diffusion import samplers
 from jzoo.diffusion import schedules
 from jzoo.errors import ConfigError
-from jzoo.models.base import TEXT_TO_IMAGE, DataSpec, Model, Request, to_uint8
+from jzoo.models.base import TEXT_TO_IMAGE, DataSpec, Model, Request, Stage, to_uint8
 from jzoo.nn import layers
 from jzoo.nn.unet import EfficientUNet
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
@@ -53,7 +56,6 @@ class Imagen(Model):
     for name in self.cascade:
       if name not in config.stages:
         raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
-    self.stages = (TEXT_ENCODER,) + self.cascade
     self.dtype = layers.dtype_of(config.train.dtype)
     self.text_encoder = FrozenTextEncoder(config)
     self.components = (self.text_encoder,)
@@ -66,46 +68,32 @@ class Imagen(Model):
     for name in self.cascade:
       param_lib.check(self._stage(name).parameterization)
       schedules.from_config(self._stage(name))
+    # The text encoder pretrains on captions alone: the smallest canvas keeps rendering cheap.
+    self.stage_table = {TEXT_ENCODER: self.text_encoder.stage(
+        DataSpec("shapes", int(config.text_encoder.resolution), text_length=self.text_length),
+        next_stage=self.cascade[0])}
+    for name in self.cascade:
+      data = DataSpec("shapes", int(self._stage(name).resolution), text_length=self.text_length)
+      self.stage_table[name] = Stage(
+          self.text_encoder.conditioned_spec(data), init=functools.partial(self._init_unet, name),
+          loss=functools.partial(self._unet_loss, name), frozen=self.text_encoder.frozen_stages())
 
   # --- configuration -------------------------------------------------------
   def _stage(self, name):
     return self.config.stages[name]
 
   def _unet(self, name, super_resolution):
-    s = self._stage(name)
-    return EfficientUNet(
-        channels=s.channels, channel_mult=tuple(s.channel_mult),
-        num_res_blocks=tuple(s.num_res_blocks), self_attention=tuple(s.self_attention),
-        cross_attention=tuple(s.cross_attention), head_dim=s.head_dim, text_dim=s.text_dim,
-        text_positions=bool(s.text_positions),
-        emb_dim=s.emb_dim, dropout=s.dropout, norm_groups=s.norm_groups, mid_block=s.mid_block,
-        super_resolution=super_resolution, layout=s.layout, remat=str(self.config.train.remat),
-        dtype=self.dtype)
-
-  def data_spec(self, stage) -> DataSpec:
-    self._check_stage(stage)
-    if stage == TEXT_ENCODER:  # only captions matter; the smallest canvas keeps rendering cheap
-      resolution = int(self.config.text_encoder.resolution)
-    else:
-      resolution = int(self._stage(stage).resolution)
-    return DataSpec("shapes", resolution, None, self.text_length,
-                    self.text_encoder.cached_width(stage))
+    return config_lib.build(EfficientUNet, self._stage(name), super_resolution=super_resolution,
+                            remat=str(self.config.train.remat), dtype=self.dtype)
 
   @property
   def output_shape(self):
     r = int(self._stage(self.cascade[-1]).resolution)
     return (r, r)
 
-  def frozen_stages(self, stage):
-    self._check_stage(stage)
-    return () if stage == TEXT_ENCODER else self.text_encoder.frozen_stages()
-
   # --- training ------------------------------------------------------------
-  def init(self, stage, rng, batch):
-    self._check_stage(stage)
+  def _init_unet(self, stage, rng, batch):
     mask = batch["mask"]
-    if stage == TEXT_ENCODER:
-      return self.text_encoder.init(rng, batch["tokens"], mask)
     x = batch["image"]
     b = x.shape[0]
     text = jnp.zeros((b, mask.shape[1], self.text_encoder.width), self.dtype)
@@ -114,10 +102,7 @@ class Imagen(Model):
       return self.unets[stage].init(rng, x, logsnr, text, mask)
     return self.unets[stage].init(rng, x, logsnr, text, mask, low_res=x, aug_logsnr=logsnr)
 
-  def loss(self, stage, params, batch, rng, frozen):
-    self._check_stage(stage)
-    if stage == TEXT_ENCODER:
-      return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=self.cascade[0])
+  def _unet_loss(self, stage, params, batch, rng, frozen):
     s = self._stage(stage)
     drop_rng, aug_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 4)
     text = self.text_encoder.embeddings(frozen, batch)

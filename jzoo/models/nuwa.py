@@ -17,8 +17,8 @@ Architecture (section 3 of the paper):
     (i·Tc/T, j·Hc/H, l·Wc/W)), full cross-attention to the text, and an MLP.
     Cost grows with the boxes, not with the video.
   * Training: next-token cross-entropy over the target grid (teacher forcing).
-  * Sampling: autoregressive with top-k, one token at a time in a
-    `lax.fori_loop`; every layer keeps a key/value cache of the grid, and a new
+  * Sampling: autoregressive with top-k (jzoo.sampling.autoregressive), one token
+    at a time in a `lax.fori_loop`; every layer keeps a key/value cache of the grid, and a new
     token attends to the cached keys of its box only, so each step costs
     O(box) whatever the length. Tokens can be given instead of sampled: the
     first frames (video prediction) or any region (image completion).
@@ -35,14 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jzoo import config as config_lib
 from jzoo.errors import ConfigError
 from jzoo.kernels import nearby_attention
 from jzoo.models.base import (INFILL, RECONSTRUCT, TEXT_TO_IMAGE, TEXT_TO_VIDEO, VIDEO_PREDICTION,
-                              DataSpec, Model, Request, to_uint8)
-from jzoo.nn import layers, selection
+                              DataSpec, Model, Request, Stage, to_uint8)
+from jzoo.nn import layers
 from jzoo.nn.attention import HeadsProjection, OutProjection
 from jzoo.nn.sharded_attention import sharded_nearby_attention
 from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
+from jzoo.sampling import autoregressive
+from jzoo.text.encoder import InModelTextEncoder
 from jzoo.vq.tokenizer_stage import TokenizerStage
 from jzoo.vq.vqgan import VQGAN
 
@@ -283,18 +286,7 @@ class NUWATransformer(nn.Module):
     return self.head(self.norm_out(x)), new_caches
 
 
-def top_k_sample(rng, logits, k, temperature):
-  """Samples from the `k` most likely codes (k = 0: all), logits [B, V] -> int32 [B]."""
-  logits = logits.astype(jnp.float32) / temperature
-  if 0 < k < logits.shape[-1]:
-    kth = selection.kth_largest(logits, (k,))  # lax.top_k sorts the whole row on the CPU
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-
 class NUWA(Model):
-  stages = (TOKENIZER, TRANSFORMER)
-
   def __init__(self, config):
     super().__init__(config)
     self.dtype = layers.dtype_of(config.train.dtype)
@@ -304,11 +296,7 @@ class NUWA(Model):
     self.capabilities = frozenset(
         {TEXT_TO_IMAGE, INFILL, RECONSTRUCT} if int(tk.frames) == 1
         else {TEXT_TO_VIDEO, VIDEO_PREDICTION, INFILL, RECONSTRUCT})
-    self.tokenizer = VQGAN(channels=tk.channels, channel_mult=tuple(tk.channel_mult),
-                           num_res_blocks=tk.num_res_blocks, codebook_size=tk.codebook_size,
-                           code_dim=tk.code_dim, embed_dim=tk.embed_dim,
-                           commitment=tk.commitment, norm_groups=tk.norm_groups, dtype=self.dtype,
-                           codebook_ema=float(tk.codebook_ema))
+    self.tokenizer = config_lib.build(VQGAN, tk, dtype=self.dtype)
     self.tokenizer_stage = TokenizerStage(self.tokenizer, tk)
     self.components = (self.tokenizer_stage,)
     f = 2 ** (len(tk.channel_mult) - 1)
@@ -319,59 +307,46 @@ class NUWA(Model):
     self.grid = (int(tk.frames), side, side)
     if len(tr.radius) != 3:
       raise ConfigError(f"transformer.radius must be (rt, rh, rw), got {tr.radius}")
-    # Configs written before visual conditions existed (bundled config.json files) have none.
     self.condition_frames = int(tr.condition_frames)
     if self.condition_frames and not 0 < self.condition_frames < self.grid[0]:
       raise ConfigError(f"transformer.condition_frames must be 0 (text only) or 1 to "
                         f"{self.grid[0] - 1} (first frames of the video), got {self.condition_frames}")
-    self.transformer = NUWATransformer(
-        vocab_size=tr.vocab_size, text_length=self.text_length, codebook_size=tk.codebook_size,
-        grid=self.grid, width=tr.width, encoder_layers=tr.encoder_layers,
-        decoder_layers=tr.decoder_layers, head_dim=tr.head_dim, mlp_dim=tr.mlp_dim,
-        radius=tuple(tr.radius), impl=tr.attention_impl, dropout=tr.dropout,
-        remat=str(config.train.remat), dtype=self.dtype,
-        condition_frames=self.condition_frames, condition_layers=int(tr.condition_layers),
-        condition_radius=tuple(tr.condition_radius))
+    self.transformer = config_lib.build(
+        NUWATransformer, tr, text_length=self.text_length, codebook_size=tk.codebook_size,
+        grid=self.grid, impl=tr.attention_impl, remat=str(config.train.remat), dtype=self.dtype)
     heads_for(tr.width, tr.head_dim)
+    # The caption's encoder is part of the transformer stage and trains with it.
+    self.text_encoder = InModelTextEncoder(self.transformer, "encode_text", tr.width)
+    if self.video:
+      data = DataSpec("moving_shapes", int(tk.resolution), frames=int(tk.frames),
+                      text_length=self.text_length)
+    else:
+      data = DataSpec("shapes", int(tk.resolution), text_length=self.text_length)
+    self.stage_table = {
+        TOKENIZER: self.tokenizer_stage.stage(data),
+        TRANSFORMER: Stage(data, init=self._init_transformer, loss=self._transformer_loss,
+                           frozen=(TOKENIZER,)),
+    }
 
   @property
   def video(self):
     return self.makes_video
-
-  # --- data ------------------------------------------------------------------
-  def data_spec(self, stage) -> DataSpec:
-    self._check_stage(stage)
-    tk = self.config.tokenizer
-    if not self.video:
-      return DataSpec("shapes", int(tk.resolution), None, self.text_length)
-    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
 
   @property
   def output_shape(self):
     r = int(self.config.tokenizer.resolution)
     return (self.grid[0], r, r) if self.video else (r, r)
 
-  def frozen_stages(self, stage):
-    self._check_stage(stage)
-    return (TOKENIZER,) if stage == TRANSFORMER else self.tokenizer_stage.frozen_stages()
-
   def _pixels(self, batch):
     return batch["video"] if self.video else batch["image"]
 
   # --- training --------------------------------------------------------------
-  def init(self, stage, rng, batch):
-    self._check_stage(stage)
-    if stage == TOKENIZER:
-      return self.tokenizer_stage.init(rng, self._pixels(batch))
+  def _init_transformer(self, rng, batch):
     b = batch["tokens"].shape[0]
     codes = jnp.zeros((b, *self.grid), jnp.int32)
     return self.transformer.init(rng, batch["tokens"], batch["mask"], codes)
 
-  def loss(self, stage, params, batch, rng, frozen):
-    self._check_stage(stage)
-    if stage == TOKENIZER:
-      x = self._pixels(batch)
-      return self.tokenizer_stage.loss(params, x, frozen)
+  def _transformer_loss(self, params, batch, rng, frozen):
     codes = jax.lax.stop_gradient(self.encode(frozen[TOKENIZER], self._pixels(batch)))
     logits = self.transformer.apply({"params": params}, batch["tokens"], batch["mask"], codes,
                                     deterministic=False, rngs={"dropout": rng})
@@ -452,28 +427,17 @@ class NUWA(Model):
     s = self.config.sample
     model = self.transformer
     b = tokens.shape[0]
-    text = model.apply({"params": params}, tokens, mask, method=NUWATransformer.encode_text)
+    text = self.text_encoder.encode(params, tokens, mask)
     visual = None
     if self.condition_frames:  # the given first frames, encoded once
       visual = model.apply({"params": params}, known[:, :self.condition_frames],
                            method=NUWATransformer.encode_condition)
-    caches = model.init_cache(b)
-    n_tokens = int(np.prod(self.grid))
-    known, known_mask = known.reshape(b, -1), known_mask.reshape(b, -1)
-
-    def body(n, carry):
-      codes, caches, rng = carry
-      rng, sample_rng = jax.random.split(rng)
-      previous = jnp.where(n == 0, model.codebook_size,
-                           codes[:, jnp.maximum(n - 1, 0)])
-      logits, caches = model.apply({"params": params}, text, mask, previous, n, caches, visual,
-                                   method=NUWATransformer.step)
-      sampled = top_k_sample(sample_rng, logits, int(s.top_k), float(s.temperature))
-      code = jnp.where(known_mask[:, n], known[:, n], sampled)
-      return codes.at[:, n].set(code), caches, rng
-
-    codes = jnp.zeros((b, n_tokens), jnp.int32)
-    codes, _, _ = jax.lax.fori_loop(0, n_tokens, body, (codes, caches, rng))
+    step = lambda caches, previous, n: model.apply(
+        {"params": params}, text, mask, previous, n, caches, visual, method=NUWATransformer.step)
+    codes = autoregressive.sample(
+        step, model.init_cache(b), int(np.prod(self.grid)), rng,
+        given_tokens=known.reshape(b, -1), given=known_mask.reshape(b, -1),
+        temperature=float(s.temperature), top_k=int(s.top_k), bos=model.bos)
     return codes.reshape(b, *self.grid)
 
 

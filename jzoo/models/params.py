@@ -18,22 +18,10 @@ def abstract_params(model, stage, rng=None):
 
 
 def abstract_batch(model, stage, batch_size=1):
-  spec = model.data_spec(stage)
-  if spec.codes:  # a frozen tokenizer's cached codes instead of pixels
-    pixels = ("codes", (batch_size, *spec.codes), np.int32)
-  elif spec.frames:
-    pixels = ("video", (batch_size, spec.frames, spec.resolution, spec.resolution, 3), np.float32)
-  else:
-    pixels = ("image", (batch_size, spec.resolution, spec.resolution, 3), np.float32)
-  if spec.text_width:
-    text = ("text", jax.ShapeDtypeStruct((batch_size, spec.text_length, spec.text_width), np.float32))
-  else:
-    text = ("tokens", jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32))
-  return {
-      pixels[0]: jax.ShapeDtypeStruct(pixels[1], pixels[2]),
-      text[0]: text[1],
-      "mask": jax.ShapeDtypeStruct((batch_size, spec.text_length), np.int32),
-  }
+  """ShapeDtypeStructs of one batch of `stage` (DataSpec.batch_shapes: pixels, tokens and mask,
+  and the arrays its frozen-output cache inputs carry)."""
+  shapes = model.data_spec(stage).batch_shapes(batch_size)
+  return {key: jax.ShapeDtypeStruct(shape, dtype) for key, (shape, dtype) in shapes.items()}
 
 
 def random_params(model, stage, rng):

@@ -13,25 +13,29 @@ Architecture (section 2 of the paper):
     transformer over the video tokens with cross-attention to the text
     embeddings, trained to predict masked tokens under the cosine schedule; 10%
     of captions are dropped so that sampling can use classifier-free guidance.
-  * Generation: iterative parallel decoding (jzoo.nn.maskgit) from an
+  * Generation: iterative parallel decoding (jzoo.sampling.maskgit) from an
     all-masked grid, or with the first time tokens given (image-to-video,
     video continuation). Story mode: each further prompt generates a new
     segment whose first time tokens are the re-encoded last frames of the
     previous one, so segments join smoothly into one long video.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from jzoo import config as config_lib
 from jzoo.diffusion import guidance as guidance_lib
 from jzoo.errors import ConfigError
 from jzoo.models.base import (IMAGE_TO_VIDEO, RECONSTRUCT, STORY, TEXT_TO_VIDEO, VIDEO_PREDICTION,
-                              DataSpec, Model, Request, to_uint8)
-from jzoo.nn import layers, maskgit
+                              DataSpec, Model, Request, Stage, code_cache_input, to_uint8)
+from jzoo.nn import layers
 from jzoo.nn.transformer import Transformer, heads_for
 from jzoo.parallel import compiler
+from jzoo.sampling import maskgit
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
 from jzoo.vq.cvivit import CViViT
 from jzoo.vq.tokenizer_stage import TokenizerStage
@@ -84,7 +88,6 @@ class Phenaki(Model):
   # Start frames: one (image-to-video) or 1 + temporal_patch·j (continuation); a story continues
   # each prompt from the end of the previous segment.
   capabilities = frozenset({TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_PREDICTION, STORY, RECONSTRUCT})
-  stages = (TEXT_ENCODER, TOKENIZER, TRANSFORMER)
 
   def __init__(self, config):
     super().__init__(config)
@@ -95,13 +98,8 @@ class Phenaki(Model):
       raise ConfigError(f"tokenizer.resolution {tk.resolution} is not a multiple of "
                         f"tokenizer.patch_size {tk.patch_size}")
     remat = str(config.train.remat)
-    self.tokenizer = CViViT(
-        patch_size=tk.patch_size, temporal_patch=tk.temporal_patch, width=tk.width,
-        num_heads=tk.num_heads, head_dim=tk.head_dim, mlp_dim=tk.mlp_dim,
-        spatial_layers=tk.spatial_layers, temporal_layers=tk.temporal_layers,
-        codebook_size=tk.codebook_size, code_dim=tk.code_dim, commitment=tk.commitment,
-        max_time_tokens=tk.max_time_tokens, image_size=tk.resolution, remat=remat,
-        dtype=self.dtype, codebook_ema=float(tk.codebook_ema))
+    self.tokenizer = config_lib.build(CViViT, tk, image_size=tk.resolution, remat=remat,
+                                      dtype=self.dtype)
     self.tokenizer_stage = TokenizerStage(self.tokenizer, tk)
     self.components = (self.text_encoder, self.tokenizer_stage)
     try:
@@ -112,30 +110,31 @@ class Phenaki(Model):
       raise ConfigError(f"tokenizer.frames={tk.frames} needs {self.time_tokens} time tokens; "
                         f"raise tokenizer.max_time_tokens ({tk.max_time_tokens})")
     self.grid = tk.resolution // tk.patch_size
-    self.transformer = MaskGITTransformer(
-        codebook_size=tk.codebook_size, width=tr.width, num_layers=tr.num_layers,
-        head_dim=tr.head_dim, mlp_dim=tr.mlp_dim, max_time_tokens=tk.max_time_tokens,
-        grid_size=self.grid, text_positions=bool(tr.text_positions),
-        dropout=tr.dropout, remat=remat, dtype=self.dtype)
+    self.transformer = config_lib.build(
+        MaskGITTransformer, tr, codebook_size=tk.codebook_size,
+        max_time_tokens=tk.max_time_tokens, grid_size=self.grid, remat=remat, dtype=self.dtype)
     heads_for(tr.width, tr.head_dim)
+    clips = DataSpec("moving_shapes", int(tk.resolution), frames=int(tk.frames),
+                     text_length=self.text_length)
+    if self.codes_cached:  # the codes replace the clips, and the tokenizer is not needed
+      clips = dataclasses.replace(clips, pixels=False, inputs=(code_cache_input(self.code_grid),))
+    self.stage_table = {
+        # Only the captions matter to the text encoder: the smallest clips render fastest.
+        TEXT_ENCODER: self.text_encoder.stage(
+            DataSpec("moving_shapes", int(config.text_encoder.resolution), frames=2,
+                     text_length=self.text_length), next_stage=TOKENIZER),
+        TOKENIZER: self.tokenizer_stage.stage(dataclasses.replace(clips, pixels=True, inputs=())),
+        TRANSFORMER: Stage(
+            self.text_encoder.conditioned_spec(clips), init=self._init_transformer,
+            loss=self._transformer_loss,
+            frozen=self.text_encoder.frozen_stages() + (() if self.codes_cached else (TOKENIZER,))),
+    }
 
   @property
   def mask_id(self):
     return int(self.config.tokenizer.codebook_size)
 
   # --- data ------------------------------------------------------------------
-  def data_spec(self, stage) -> DataSpec:
-    self._check_stage(stage)
-    tk = self.config.tokenizer
-    if stage == TEXT_ENCODER:  # only the captions matter: the smallest clips render fastest
-      return DataSpec("moving_shapes", int(self.config.text_encoder.resolution), 2,
-                      self.text_length)
-    if stage == TOKENIZER:
-      return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length)
-    return DataSpec("moving_shapes", int(tk.resolution), int(tk.frames), self.text_length,
-                    self.text_encoder.cached_width(stage),
-                    codes=self.code_grid if self.codes_cached else ())
-
   @property
   def codes_cached(self):
     """True when the transformer trains on precomputed codes (`tokenizer.cache`, a folder written
@@ -152,38 +151,19 @@ class Phenaki(Model):
     tk = self.config.tokenizer
     return (int(tk.frames), int(tk.resolution), int(tk.resolution))
 
-  def frozen_stages(self, stage):
-    self._check_stage(stage)
-    if stage == TRANSFORMER:
-      return self.text_encoder.frozen_stages() + (() if self.codes_cached else (TOKENIZER,))
-    return self.tokenizer_stage.frozen_stages() if stage == TOKENIZER else ()
-
   # --- training --------------------------------------------------------------
-  def init(self, stage, rng, batch):
-    self._check_stage(stage)
-    if stage == TEXT_ENCODER:
-      return self.text_encoder.init(rng, batch["tokens"], batch["mask"])
-    if stage == TOKENIZER:
-      return self.tokenizer_stage.init(rng, batch["video"])
+  def _init_transformer(self, rng, batch):
     b, length = batch["mask"].shape
     tokens = jnp.zeros((b, *self.code_grid), jnp.int32)
     text = jnp.zeros((b, length, self.text_encoder.width), self.dtype)
     return self.transformer.init(rng, tokens, text, batch["mask"])
-
-  def loss(self, stage, params, batch, rng, frozen):
-    self._check_stage(stage)
-    if stage == TEXT_ENCODER:
-      return self.text_encoder.pretrain_loss(params, batch, rng, next_stage=TOKENIZER)
-    if stage == TOKENIZER:
-      return self.tokenizer_stage.loss(params, batch["video"], frozen)
-    return self._transformer_loss(params, batch, rng, frozen)
 
   def _transformer_loss(self, params, batch, rng, frozen):
     drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
     text = self.text_encoder.embeddings(frozen, batch)
     text_mask = guidance_lib.drop_condition(drop_rng, batch["mask"],
                                             float(self.config.transformer.text_drop))
-    if "codes" in batch:  # precomputed by the frozen tokenizer (jzoo.vq.code_cache)
+    if "codes" in batch:  # precomputed by the frozen tokenizer (jzoo.data.frozen_cache)
       codes = batch["codes"]
     else:
       codes = jax.lax.stop_gradient(self.encode_video(frozen[TOKENIZER], batch["video"]))

@@ -22,8 +22,14 @@ elsewhere (e.g. openai/clip-vit-base-patch32). Embeddings run under "highest"
 matmul precision, so that GPUs do not drop float32 matmuls to TF32 (nor TPUs
 to bfloat16 passes): the metric does not depend on the backend's defaults.
 
+Every parameter carries logical axis names (jzoo.parallel.rules), so CLIP
+shards over a mesh like any stage; `load_params` returns plain arrays.
+
 `clip_score` is torchmetrics' CLIPScore: 100 * cos(image embedding, caption
-embedding), floored at 0. See docs/metrics/clip_score.md.
+embedding), floored at 0. See docs/metrics/clip_score.md. `CLIPTextEncoder`
+and `CLIPImageEncoder` put the two towers behind the zoo's text-encoder
+protocol (jzoo.text.encoder) as frozen stages of a model, over the same
+module and params.
 """
 
 import dataclasses
@@ -40,9 +46,11 @@ from flax import traverse_util
 
 from jzoo.errors import CheckpointError, UserError
 from jzoo.io.weight_files import open_safetensors
+from jzoo.nn import layers
 from jzoo.nn.attention import dot_product_attention
 from jzoo.nn.transformer import causal_mask
 from jzoo.text.clip_tokenizer import CLIPTokenizer, _read_json
+from jzoo.text.encoder import CLIP_BPE, TextEncoder
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -113,9 +121,30 @@ _ACTIVATIONS = {
 }
 
 
+# Every parameter names its logical axes (jzoo.parallel.rules), so CLIP shards over a mesh like
+# the other stages: FSDP on "embed", tensor parallelism on "mlp" and "heads". The initializers
+# are flax's defaults (what the plain layers used); imported weights replace them anyway.
+_named = nn.with_logical_partitioning
+
+
+def _dense(features, axes, name=None, use_bias=True):
+  """nn.Dense with a [in, out] kernel named `axes` and an `axes[1]` bias."""
+  return nn.Dense(features, use_bias=use_bias, name=name,
+                  kernel_init=_named(nn.initializers.lecun_normal(), axes),
+                  bias_init=_named(nn.initializers.zeros, (axes[1],)))
+
+
+def _embed(num, features, axes, name):
+  # jzoo's Embed: the same "embedding" parameter, looked up FSDP-safely (layers.gather_rows).
+  init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)  # nn.Embed's
+  return layers.Embed(num, features, embedding_init=_named(init, axes), name=name)
+
+
 def _layer_norm(eps, name):
   # Two-pass variance, as torch's LayerNorm: CLIP's residual stream has large-valued channels.
-  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name,
+                      scale_init=_named(nn.initializers.ones, ("norm",)),
+                      bias_init=_named(nn.initializers.zeros, ("norm",)))
 
 
 class Attention(nn.Module):
@@ -124,9 +153,12 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, mask=None):
     b, length, width = x.shape
-    split = lambda name: nn.Dense(width, name=name)(x).reshape(b, length, self.heads, -1)
+    # HF's [width, width] kernels stay 2-D (the import is a transpose); their heads * head_dim
+    # axis is named "heads", so tensor parallelism splits it at head boundaries.
+    split = lambda name: _dense(width, ("embed", "heads"), name)(x).reshape(
+        b, length, self.heads, -1)
     y = dot_product_attention(split("q_proj"), split("k_proj"), split("v_proj"), mask)
-    return nn.Dense(width, name="out_proj")(y.reshape(b, length, width))
+    return _dense(width, ("heads", "embed"), "out_proj")(y.reshape(b, length, width))
 
 
 class MLP(nn.Module):
@@ -135,8 +167,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    h = nn.Dense(c.intermediate_size, name="fc1")(x)
-    return nn.Dense(c.hidden_size, name="fc2")(_ACTIVATIONS[c.hidden_act](h))
+    h = _dense(c.intermediate_size, ("embed", "mlp"), "fc1")(x)
+    return _dense(c.hidden_size, ("mlp", "embed"), "fc2")(_ACTIVATIONS[c.hidden_act](h))
 
 
 class EncoderLayer(nn.Module):
@@ -167,18 +199,19 @@ class TextEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, ids):
     c = self.config
-    tokens = nn.Embed(c.vocab_size, c.hidden_size, name="token_embedding")(ids)
-    positions = nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(
-        jnp.arange(ids.shape[1]))
+    tokens = _embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), "token_embedding")(ids)
+    positions = _embed(c.max_position_embeddings, c.hidden_size, ("length", "embed"),
+                       "position_embedding")(jnp.arange(ids.shape[1]))
     return tokens + positions
 
 
 class TextTransformer(nn.Module):
-  """ids [B, L] (mask [B, L], 1 on real tokens) -> pooled [B, hidden] at the end token."""
+  """ids [B, L] (mask [B, L], 1 on real tokens) -> pooled [B, hidden] at the end token, or with
+  `pool=False` the final-normed states [B, L, hidden] (HF's last_hidden_state)."""
   config: TextConfig
 
   @nn.compact
-  def __call__(self, ids, mask=None):
+  def __call__(self, ids, mask=None, pool=True):
     c = self.config
     if ids.shape[1] > c.max_position_embeddings:
       raise UserError(f"CLIP text of {ids.shape[1]} tokens is longer than the model's "
@@ -189,6 +222,8 @@ class TextTransformer(nn.Module):
       attend = attend & (mask > 0)[:, None, None, :]
     x = Encoder(c, name="encoder")(x, attend)
     x = _layer_norm(c.layer_norm_eps, "final_layer_norm")(x)
+    if not pool:
+      return x
     if c.eos_token_id == 2:
       # Configs from before transformers PR #24773 have a wrong eos_token_id; there, as in
       # OpenAI's code, the end token is the highest id (the first one, if repeated).
@@ -206,12 +241,14 @@ class VisionEmbeddings(nn.Module):
     c = self.config
     p = c.patch_size
     patches = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                      kernel_init=_named(nn.initializers.lecun_normal(), layers.CONV_AXES),
                       name="patch_embedding")(pixels)
     b = patches.shape[0]
     patches = patches.reshape(b, -1, c.hidden_size)  # row-major over the patch grid, as torch
-    cls = self.param("class_embedding", nn.initializers.normal(1.0), (c.hidden_size,))
+    cls = self.param("class_embedding", _named(nn.initializers.normal(1.0), ("embed",)),
+                     (c.hidden_size,))
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c.hidden_size)), patches], axis=1)
-    positions = nn.Embed(x.shape[1], c.hidden_size, name="position_embedding")(
+    positions = _embed(x.shape[1], c.hidden_size, ("length", "embed"), "position_embedding")(
         jnp.arange(x.shape[1]))
     return x + positions
 
@@ -241,13 +278,19 @@ class CLIP(nn.Module):
     c = self.config
     self.text_model = TextTransformer(c.text)
     self.vision_model = VisionTransformer(c.vision)
-    self.text_projection = nn.Dense(c.projection_dim, use_bias=False)
-    self.visual_projection = nn.Dense(c.projection_dim, use_bias=False)
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(2.6592), ())
+    # The projected embeddings are read whole (cosines, a prior's input): not tensor-sharded.
+    self.text_projection = _dense(c.projection_dim, ("embed", None), use_bias=False)
+    self.visual_projection = _dense(c.projection_dim, ("embed", None), use_bias=False)
+    self.logit_scale = self.param("logit_scale", _named(nn.initializers.constant(2.6592), ()),
+                                  ())
 
   def get_text_features(self, ids, mask=None):
     """[B, projection_dim], unnormalized (transformers' get_text_features)."""
     return self.text_projection(self.text_model(ids, mask))
+
+  def text_hidden_states(self, ids, mask=None):
+    """[B, L, text hidden_size]: the text tower's final-normed per-token states."""
+    return self.text_model(ids, mask, pool=False)
 
   def get_image_features(self, pixels):
     """[B, projection_dim], unnormalized (transformers' get_image_features)."""
@@ -339,7 +382,8 @@ def param_shapes(model: CLIP) -> dict:
   tree = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
       jnp.zeros((1, c.vision.image_size, c.vision.image_size, c.vision.num_channels))))
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree["params"]).items()}
+  return {k: tuple(v.shape)
+          for k, v in traverse_util.flatten_dict(nn.unbox(tree["params"])).items()}
 
 
 def _flax_path(key, expected):
@@ -539,3 +583,123 @@ def clip_score(images, captions, model, params, tokenizer, batch_size=64, clamp=
     scores = np.maximum(scores, 0.0)
     return float(scores.mean()), scores
   return float(max(scores.mean(), 0.0)), scores
+
+
+# --- the towers as frozen encoders of a model ---------------------------------------------
+# Both take the whole CLIPModel tree (what `load_clip` returns), so one frozen network feeds
+# the text encoder, the image encoder and the CLIP score with the same module and params.
+
+
+def _clip_model(model_or_config):
+  if isinstance(model_or_config, CLIP):
+    return model_or_config
+  s = model_or_config.vision.image_size  # CLIPImageProcessor's defaults at the tower's size
+  return CLIP(model_or_config, ImageProcessing(size=s, crop_size=(s, s)))
+
+
+def _init_clip(model, rng, ids=None, mask=None, pixels=None):
+  """The full CLIP variables (boxed with axis names); a tower not given gets a dummy input."""
+  v = model.config.vision
+  ids = jnp.zeros((1, 2), jnp.int32) if ids is None else ids
+  mask = jnp.ones(ids.shape, jnp.int32) if mask is None else mask
+  if pixels is None:
+    pixels = jnp.zeros((1, v.image_size, v.image_size, v.num_channels))
+  return model.init(rng, ids, mask, pixels)
+
+
+class CLIPTextEncoder(TextEncoder):
+  """CLIP's text tower behind the TextEncoder protocol (frozen, CLIP BPE tokens).
+
+  `encode`: the final-normed per-token states [B, L, text hidden_size]; `pooled`: the projected
+  end-token feature [B, projection_dim], exactly `CLIP.get_text_features` (unnormalized).
+  Built from a `CLIP` module (`load_clip(folder)[0]`) or a `CLIPConfig`."""
+  frozen = True
+  tokenizer = CLIP_BPE
+
+  def __init__(self, model_or_config):
+    self.model = _clip_model(model_or_config)
+    self.width = self.model.config.text.hidden_size
+
+  @property
+  def pooled_width(self):
+    return self.model.config.projection_dim
+
+  def init(self, rng, tokens, mask):
+    return _init_clip(self.model, rng, tokens, mask)
+
+  def encode(self, params, tokens, mask):
+    return jax.lax.stop_gradient(self.model.apply({"params": params}, tokens, mask,
+                                                  method=CLIP.text_hidden_states))
+
+  def pooled(self, params, tokens, mask):
+    return jax.lax.stop_gradient(self.model.apply({"params": params}, tokens, mask,
+                                                  method=CLIP.get_text_features))
+
+
+def _center_crop_batch(x, height, width):
+  """`_center_crop` on [B, H, W, C] in jax (static shapes): zero-pad centered, then crop."""
+  h, w = x.shape[1:3]
+  ph, pw = max(height, h), max(width, w)
+  top, left = -(-(ph - h) // 2), -(-(pw - w) // 2)
+  x = jnp.pad(x, ((0, 0), (top, ph - h - top), (left, pw - w - left), (0, 0)))
+  top, left = (ph - height) // 2, (pw - width) // 2
+  return x[:, top:top + height, left:left + width]
+
+
+def preprocess_jax(pixels, processing: ImageProcessing):
+  """Float pixels [B, H, W, 3] in [-1, 1] (or uint8) -> the tower's normalized input, jittable.
+
+  The steps of `preprocess` in float: resize (jax's antialiased bicubic, which differs from
+  PIL's uint8 bicubic by rounding and a little at edges; none when the size already matches),
+  center crop, rescale, normalize."""
+  p = processing
+  if pixels.dtype == jnp.uint8:
+    x = pixels.astype(jnp.float32)
+  else:
+    x = (pixels.astype(jnp.float32) + 1) * 127.5  # the uint8 scale `preprocess` starts from
+  b, h, w, c = x.shape
+  if c != 3:
+    raise UserError(f"CLIP images must have 3 channels, got pixels of shape {pixels.shape}")
+  if p.do_resize:
+    if isinstance(p.size, int):
+      size = (int(p.size * h / w), p.size) if w <= h else (p.size, int(p.size * w / h))
+    else:
+      size = tuple(p.size)
+    if size != (h, w):  # clipped as PIL's uint8 output is
+      x = jnp.clip(jax.image.resize(x, (b, *size, c), "bicubic", antialias=True), 0, 255)
+  if p.do_center_crop:
+    x = _center_crop_batch(x, *p.crop_size)
+  if p.do_rescale:
+    x = x * p.rescale_factor
+  if p.do_normalize:
+    x = (x - jnp.asarray(p.image_mean, jnp.float32)) / jnp.asarray(p.image_std, jnp.float32)
+  return x
+
+
+class CLIPImageEncoder:
+  """CLIP's image tower as a frozen encoder of a model (e.g. DALL-E 2's image embeddings).
+
+  `encode(params, pixels)`: float pixels [B, H, W, 3] in [-1, 1], the zoo's convention (uint8
+  is taken too), preprocessed inside the jitted graph as the CLIP score's `preprocess` does
+  (`preprocess_jax`), -> the projected image embedding [B, projection_dim], exactly
+  `CLIP.get_image_features` (unnormalized). `width` is projection_dim. The CLIP score keeps
+  the numpy `preprocess` (PIL's resize, as transformers) with the same module and params."""
+  frozen = True
+
+  def __init__(self, model_or_config):
+    self.model = _clip_model(model_or_config)
+    self.width = self.model.config.projection_dim
+
+  def init(self, rng, pixels):
+    return _init_clip(self.model, rng, pixels=preprocess_jax(pixels, self.model.processing))
+
+  def encode(self, params, pixels):
+    x = preprocess_jax(pixels, self.model.processing)
+    return jax.lax.stop_gradient(self.model.apply({"params": params}, x,
+                                                  method=CLIP.get_image_features))
+
+
+def load_clip_encoders(folder):
+  """(CLIPTextEncoder, CLIPImageEncoder, params, tokenizer) of a Hugging Face CLIP folder."""
+  model, params, tokenizer = load_clip(folder)
+  return CLIPTextEncoder(model), CLIPImageEncoder(model), params, tokenizer

@@ -6,22 +6,28 @@ A T5 encoder (jzoo.text.t5) with the two ways a model gets its weights:
   * without them, the model's `text_encoder` stage pretrains a small encoder
     on the captions with a masked-token objective (tied output head).
 Either way the diffusion / transformer stages read it frozen: no gradients,
-no optimizer state. Imagen, Phenaki, ... hold one `FrozenTextEncoder`.
+no optimizer state. Imagen, Phenaki, ... hold one `FrozenTextEncoder`. It is a
+`jzoo.text.encoder.TextEncoder` (sentencepiece tokens; `pooled` is the masked mean).
 """
 
+import dataclasses
 import os
 
 import jax
 import optax
 
 from jzoo.errors import CheckpointError, ConfigError
+from jzoo.stage import Stage, text_cache_input
+from jzoo.text.encoder import SENTENCEPIECE, TextEncoder
 from jzoo.text.t5 import T5Encoder, t5_config_from_ml_collections
 
 TEXT_ENCODER = "text_encoder"  # the stage name, in every model that has one
 
 
-class FrozenTextEncoder:
+class FrozenTextEncoder(TextEncoder):
   """`config.text_encoder` -> T5 module, weight import, masked-token pretraining loss."""
+  frozen = True  # even when pretrained in its own stage, the conditioned stages read it frozen
+  tokenizer = SENTENCEPIECE
 
   def __init__(self, config):
     self.config = config.text_encoder
@@ -47,11 +53,6 @@ class FrozenTextEncoder:
   def frozen_stages(self):
     """What a conditioned stage needs frozen: the encoder, unless its embeddings are cached."""
     return () if self.cached else (TEXT_ENCODER,)
-
-  def cached_width(self, stage):
-    """DataSpec.text_width of `stage`: the embedding width when its batches carry cached
-    embeddings (every stage but the encoder's own), else 0 (batches carry tokens)."""
-    return self.width if self.cached and stage != TEXT_ENCODER else 0
 
   def embeddings(self, frozen, batch):
     """The batch's frozen text embeddings: the cached ones it carries, or encoded here."""
@@ -101,6 +102,21 @@ class FrozenTextEncoder:
             f"says {getattr(self.t5_config, field)}; set --config.text_encoder.preset (e.g. "
             "t5-v1_1-xxl) or the text_encoder keys to match the checkpoint")
     return params
+
+  def stage(self, data, next_stage):
+    """The model's `text_encoder` Stage: masked-token pretraining on the captions of `data`.
+    `next_stage` is named when the weights are imported (that stage trains instead)."""
+    return Stage(data, init=lambda rng, batch: self.init(rng, batch["tokens"], batch["mask"]),
+                 loss=lambda params, batch, rng, frozen: self.pretrain_loss(params, batch, rng,
+                                                                            next_stage))
+
+  def conditioned_spec(self, stage_data):
+    """`stage_data` (a stage this encoder conditions) with the cached embeddings as its text when
+    `text_encoder.cache` names a cache: the batches then carry "text" and "mask", no tokens."""
+    if not self.cached:
+      return stage_data
+    return dataclasses.replace(stage_data, tokens=False, inputs=stage_data.inputs + (
+        text_cache_input(stage_data.text_length, self.width),))
 
   def pretrain_loss(self, params, batch, rng, next_stage):
     """Masked-token pretraining: predict the caption's tokens from a copy with some replaced by a

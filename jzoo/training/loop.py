@@ -11,6 +11,7 @@ from an export's `train.init_stage` through the mapping `train.init_map` (jzoo.t
 """
 
 import functools
+import json
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 
 from jzoo import loading, registry
+from jzoo.data import frozen_cache
 from jzoo.data.pipeline import InputPipeline
 from jzoo.data.sources import get_source
 from jzoo.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
@@ -33,7 +35,7 @@ from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
 from jzoo.text.tokenizer import Tokenizer
 from jzoo.training import init_maps
 from jzoo.training.metrics import MetricWriter, drop_rows_after, has_rows
-from jzoo.training.optim import freeze_mask, make_optimizer
+from jzoo.training.optim import freeze_mask, freeze_patterns, make_optimizer
 
 
 # A raw PRNG key, abstractly: shapes are derived without creating arrays on any device (the mesh
@@ -343,29 +345,48 @@ class ScheduleFitter:
     return None
 
 
-def open_text_cache(model, spec, workdir, config):
-  """The text-embedding cache a stage reads instead of running its frozen encoder, or None;
-  checked against the model's text length, width and encoder weights."""
-  if not spec.text_width:
-    return None
-  from jzoo.text.cache import TextEmbeddingCache
-  cache = TextEmbeddingCache(config.text_encoder.cache)
-  cache.check(text_length=spec.text_length, width=spec.text_width,
-              source=loading.text_encoder_origin(model, workdir))
-  return cache
+def open_caches(model, spec, dataset, workdir, config):
+  """(example source, caption-keyed caches) of a stage whose DataSpec lists frozen-output cache
+  inputs (`spec.inputs`), each opened from the folder its config key names and checked against
+  what it must have been made from (loading.input_provenance: weights, shapes, tokenizer,
+  dataset, split).
+
+  An example-keyed input becomes the example source when the batches carry no pixels
+  (`spec.pixels` False: the cache's rows, e.g. a tokenizer's codes) and is joined to the
+  dataset's examples by index otherwise (the source then limited to the cache's rows);
+  caption-keyed inputs (a text encoder's embeddings) are looked up per batch in this process."""
+  by_example, by_caption = [], []
+  for inp in spec.inputs:
+    folder = loading.config_value(config, inp.config_key)
+    if not folder:
+      raise ConfigError(f"stage {config.stage} reads {inp.names} from a cache, but "
+                        f"--config.{inp.config_key} names none; build one with {inp.command}")
+    cache = frozen_cache.FrozenCache(str(folder), inp)
+    cache.check(inp, loading.input_provenance(model, inp, workdir, config, dataset))
+    (by_caption if inp.keyed_by == "caption" else by_example).append(cache)
+  if not spec.pixels:
+    if not by_example:
+      raise ConfigError(f"stage {config.stage} trains on no pixels but reads no example-keyed "
+                        "cache")
+    return frozen_cache.JoinedSource(None, by_example), by_caption
+  source = get_source(dataset, "train", size=spec.size, frames=spec.frames, fps=spec.fps)
+  if by_example:
+    source = frozen_cache.JoinedSource(source, by_example)
+  return source, by_caption
 
 
-def open_code_cache(spec, dataset, workdir, config):
-  """The code cache a stage reads instead of its frozen tokenizer's encoder and the pixels, or
-  None; checked against the model's code grid, codebook, dataset and tokenizer weights."""
-  if not spec.codes:
-    return None
-  from jzoo.vq import code_cache
-  cache = code_cache.CodeCache(config.tokenizer.cache)
-  cache.check(grid=spec.codes, codebook_size=int(config.tokenizer.codebook_size), dataset=dataset,
-              origin=loading.stage_origin(workdir, "tokenizer", config,
-                                            code_cache.FROZEN_FROM))
-  return cache
+def _check_same_freeze(config_path, config, checkpointer):
+  """UserError when a resumed run changes `train.freeze`: the checkpoint's optimizer state has
+  no entries for the leaves that were frozen, so another mask cannot restore it."""
+  if not os.path.isfile(config_path):
+    return
+  with open(config_path) as f:
+    before = json.load(f).get("train", {}).get("freeze", "")
+  if freeze_patterns(before) != freeze_patterns(config.train.freeze):
+    checkpointer.close()
+    raise UserError(f"this run trained with train.freeze={before!r}, not "
+                    f"{config.train.freeze!r}: resume with --config.train.freeze={before!r}, or "
+                    "start a new --workdir from its export (--config.train.init_from=EXPORT)")
 
 
 def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progress=True,
@@ -403,11 +424,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
-  source = open_code_cache(spec, dataset, workdir, config)
-  if source is None:
-    source = get_source(dataset, "train", resolution=spec.resolution, frames=spec.frames)
+  source, caches = open_caches(model, spec, dataset, workdir, config)
   tokenizer = Tokenizer.load(config.text.tokenizer)
-  text_cache = open_text_cache(model, spec, workdir, config)
   frozen, frozen_shardings = trainer.load_frozen(workdir)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(workdir, stage), keep=train_cfg.keep)
@@ -417,6 +435,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
     raise UserError(f"--fit-minutes fits the schedule of a fresh run, but {stage_dir} has a "
                     "checkpoint; resume without it (with the train.steps in its config.json) "
                     "or choose a new --workdir")
+  if start is not None:
+    _check_same_freeze(config_path, config, checkpointer)
   if start is None and is_host0 and (os.path.isfile(config_path) or has_rows(stage_dir)):
     print(f"{stage_dir} has a run that completed no checkpoint; training restarts from step 0",
           file=sys.stderr)
@@ -433,8 +453,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
 
   pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
                            text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
-                           shuffle=config.data.shuffle, position=position, text_cache=text_cache,
-                           workers=config.data.workers)
+                           shuffle=config.data.shuffle, position=position, caches=caches,
+                           tokens=spec.tokens, workers=config.data.workers)
   step_fn = trainer.jit_step(frozen_shardings)
   if is_host0:
     drop_rows_after(stage_dir, start)  # the steps after the checkpoint run again and log again

@@ -44,10 +44,10 @@ class PatchDiscriminator(nn.Module):
 
 def from_config(tokenizer_config):
   """The discriminator of a tokenizer config, or None when its loss has no adversarial term."""
-  if float(tokenizer_config.get("adversarial_weight", 0.0)) <= 0:
+  if float(tokenizer_config.adversarial_weight) <= 0:
     return None
-  return PatchDiscriminator(int(tokenizer_config.get("discriminator_channels", 64)),
-                            int(tokenizer_config.get("discriminator_layers", 3)))
+  return PatchDiscriminator(int(tokenizer_config.discriminator_channels),
+                            int(tokenizer_config.discriminator_layers))
 
 
 def frames(x):

@@ -19,12 +19,12 @@ PERCEPTUAL = "perceptual"
 
 
 def weight(tokenizer_config):
-  return float(tokenizer_config.get("perceptual_weight", 0.0))
+  return float(tokenizer_config.perceptual_weight)
 
 
 def load(tokenizer_config):
   """LPIPS params from `tokenizer.perceptual_weights` (one file, or the VGG and lin files)."""
-  files = [f.strip() for f in str(tokenizer_config.get("perceptual_weights", "")).split(",")
+  files = [f.strip() for f in str(tokenizer_config.perceptual_weights).split(",")
            if f.strip()]
   if not 1 <= len(files) <= 2:
     raise ConfigError("tokenizer.perceptual_weight > 0 needs tokenizer.perceptual_weights: "

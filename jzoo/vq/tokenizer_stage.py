@@ -6,9 +6,12 @@ options, and its frozen dependency (the perceptual network), written once for ev
   variables = stage.init(rng, pixels)                  # + a discriminator's when adversarial
   loss, metrics = stage.loss(params, pixels, frozen)   # L1/L2 + VQ (+ LPIPS) (+ hinge GAN)
   stage.frozen_stages()                                 # (PERCEPTUAL,) when the loss has LPIPS
+  model_stage = stage.stage(data_spec)                  # the jzoo.stage.Stage a model lists
 """
 
 import jax
+
+from jzoo.stage import Stage
 
 from jzoo.vq import discriminator as disc
 from jzoo.vq import perceptual
@@ -32,6 +35,14 @@ class TokenizerStage:
   def external_weights(self, stage):
     """The perceptual network's params, from the weight files the config names."""
     return perceptual.load(self.config) if stage == perceptual.PERCEPTUAL else None
+
+  def stage(self, data):
+    """The model's tokenizer Stage, trained on the pixels of `data` ("video" when it has frames,
+    else "image")."""
+    key = "video" if data.frames else "image"
+    return Stage(data, init=lambda rng, batch: self.init(rng, batch[key]),
+                 loss=lambda params, batch, rng, frozen: self.loss(params, batch[key], frozen),
+                 frozen=self.frozen_stages())
 
   def init(self, rng, pixels):
     """The tokenizer's variables, plus a discriminator's under jzoo.vq.discriminator.NAME when
