@@ -1,4 +1,5 @@
-"""Shared by the grid-pattern kernels (axial_attention, window_attention).
+"""Shared by the kernels: the impl dispatch (every pattern), and for the grid patterns
+(axial_attention, window_attention) their argument checks and attention functions.
 
 Both patterns are realised by a layout transform: the lines or windows of the
 [B, T, H, W] grid become a batch of short sequences [B', L, heads, D], and one

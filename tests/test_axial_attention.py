@@ -15,6 +15,8 @@ from jzoo.kernels.axial_attention import reference, xla
 from jzoo.kernels.axial_attention import axial_attention
 from jzoo.kernels.window_attention import reference as window_reference
 from jzoo.kernels.window_attention import window_attention
+from tests.kernel_helpers import random_qkv
+from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
 HAS_FULL_ATTENTION = importlib.util.find_spec("jzoo.kernels.full_attention") is not None
@@ -23,19 +25,7 @@ needs_full_attention = pytest.mark.skipif(
 
 
 def _inputs(seed, shape, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return tuple(jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(4))  # q, k, v, cot
-
-
-def _value_and_grads(fn, q, k, v, cot):
-  """Output and (dq, dk, dv) for the cotangent `cot`, in one jit."""
-
-  @jax.jit
-  def run(q, k, v, cot):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return out, vjp(cot)
-
-  return run(q, k, v, cot)
+  return random_qkv(seed, shape, dtype=dtype)  # q, k, v, cot
 
 
 def _assert_matches_reference(fn, shape, axis, causal, seed=0):

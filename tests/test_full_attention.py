@@ -13,14 +13,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jzoo.kernels.full_attention import api, masks, pallas_gpu, pallas_tpu, reference, xla
 from jzoo.kernels.full_attention import attention_mask, full_attention
+from tests.kernel_helpers import random_qkv
+from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
 
 
 def _inputs(seed, b, lq, lk, heads, kv_heads, d, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  shapes = ((b, lq, heads, d), (b, lk, kv_heads, d), (b, lk, kv_heads, d), (b, lq, heads, d))
-  return tuple(jnp.asarray(rng.standard_normal(s), dtype) for s in shapes)
+  return random_qkv(seed, (b, lq, heads, d), (b, lk, kv_heads, d), dtype)  # q, k, v, cot
 
 
 def _masks(seed, b, lq, lk, kv_valid=False, q_valid=False, prefix=False):
@@ -36,17 +36,6 @@ def _masks(seed, b, lq, lk, kv_valid=False, q_valid=False, prefix=False):
   if prefix:  # 0 (plain causal), inside, and past the keys (full attention)
     opts["prefix"] = jnp.asarray(rng.choice([0, lk // 2, lk + 3], size=b), jnp.int32)
   return opts
-
-
-def _value_and_grads(fn, q, k, v, cot):
-  """Output and (dq, dk, dv) for the cotangent `cot`, in one jit."""
-
-  @jax.jit
-  def run(q, k, v, cot):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return out, vjp(cot)
-
-  return run(q, k, v, cot)
 
 
 def _assert_matches_reference(fn, shape, opts, seed=0, tol=TOL):

@@ -15,26 +15,10 @@ from jzoo.kernels.nearby_attention import _tiles, pallas_gpu, pallas_tpu
 from jzoo.kernels import nearby_attention
 from jzoo.nn import sharded_attention as sharded
 from jzoo.nn.sharded_attention import sharded_nearby_attention
+from tests.kernel_helpers import random_qkv as _inputs
+from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
-
-
-def _inputs(seed, q_shape, k_shape, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(rng.standard_normal(s), dtype) for s in (q_shape, k_shape, k_shape))
-  cot = jnp.asarray(rng.standard_normal(q_shape), dtype)
-  return q, k, v, cot
-
-
-def _value_and_grads(fn, q, k, v, cot):
-  """Output and (dq, dk, dv) for the cotangent `cot`, in one jit."""
-
-  @jax.jit
-  def run(q, k, v, cot):
-    out, vjp = jax.vjp(fn, q, k, v)
-    return out, vjp(cot)
-
-  return run(q, k, v, cot)
 
 
 def _assert_matches_reference(fn, q_shape, k_shape, radius, causal, seed=0):

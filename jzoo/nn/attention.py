@@ -2,6 +2,13 @@
 
 Attention tensors are [B, length, heads, head_dim]; logits and softmax run in
 float32 whatever the compute dtype.
+
+The blocks run `jzoo.nn.patterns.attention` (Full; the cross-attention's text
+padding as `kv_valid`): on CPU that is `jax.nn.dot_product_attention`, bit for
+bit `dot_product_attention` in float32, and the platform's fused kernel on
+TPU/GPU. `dot_product_attention` (dense mask, finite -1e10 fill) stays for
+CLIP, whose numerics are pinned to transformers', and for dense masks the op
+does not express.
 """
 
 from typing import Any
@@ -11,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jzoo.nn import layers
+from jzoo.nn import layers, patterns
 
-_MASKED = -1e10  # finite, so a fully masked row stays finite (it never happens here: see `null`)
+_MASKED = -1e10  # finite: a fully masked row is an average of the values, not NaN
 
 
 def dot_product_attention(q, k, v, mask=None):
@@ -79,6 +86,7 @@ class SelfAttentionBlock(nn.Module):
   head_dim: int = 64
   norm_groups: int = 32
   dtype: Any = jnp.float32
+  impl: str = "auto"  # of `jzoo.nn.patterns.attention`
 
   @nn.compact
   def __call__(self, x):
@@ -89,7 +97,8 @@ class SelfAttentionBlock(nn.Module):
     k = HeadsProjection(heads, self.head_dim, self.dtype, name="key")(y)
     v = HeadsProjection(heads, self.head_dim, self.dtype, name="value")(y)
     q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
-    y = OutProjection(c, self.dtype, name="out")(dot_product_attention(q, k, v))
+    y = patterns.attention(q, k, v, patterns.Full(), impl=self.impl)
+    y = OutProjection(c, self.dtype, name="out")(y)
     return x + y.reshape(b, h, w, c).astype(x.dtype)
 
 
@@ -103,6 +112,7 @@ class CrossAttentionBlock(nn.Module):
   head_dim: int = 64
   norm_groups: int = 32
   dtype: Any = jnp.float32
+  impl: str = "auto"  # of `jzoo.nn.patterns.attention`
 
   @nn.compact
   def __call__(self, x, context, context_mask):
@@ -118,7 +128,7 @@ class CrossAttentionBlock(nn.Module):
     null_shape = (b, 1, heads, self.head_dim)
     k = jnp.concatenate([jnp.broadcast_to(null_k.astype(k.dtype), null_shape), k], axis=1)
     v = jnp.concatenate([jnp.broadcast_to(null_v.astype(v.dtype), null_shape), v], axis=1)
-    mask = jnp.concatenate([jnp.ones((b, 1), bool), context_mask > 0], axis=1)
-    y = dot_product_attention(q, k, v, mask[:, None, None, :])
+    valid = jnp.concatenate([jnp.ones((b, 1), bool), context_mask > 0], axis=1)
+    y = patterns.attention(q, k, v, patterns.Full(), kv_valid=valid, impl=self.impl)
     y = OutProjection(c, self.dtype, name="out")(y)
     return x + y.reshape(b, h, w, c).astype(x.dtype)

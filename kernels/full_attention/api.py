@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from . import masks, reference, xla
+from .._common import IMPLS, resolve_impl  # noqa: F401  (one dispatch for every pattern)
 
-IMPLS = ("auto", "reference", "xla", "pallas", "pallas_tpu", "pallas_gpu")
 
 
 def check_inputs(q, k, v, q_valid, kv_valid, prefix):
@@ -52,18 +52,6 @@ def check_inputs(q, k, v, q_valid, kv_valid, prefix):
       raise ValueError(f"prefix must be an int or int [B={b}], got shape {jnp.shape(prefix)}")
     if not jnp.issubdtype(jnp.result_type(prefix), jnp.integer):
       raise ValueError(f"prefix must be integer, got {jnp.result_type(prefix)}")
-
-
-def resolve_impl(impl, platform=None):
-  """Maps `impl` to a concrete backend for `platform` (default: JAX's default backend)."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-  platform = platform or jax.default_backend()
-  if impl == "auto":
-    impl = "pallas" if platform in ("tpu", "gpu") else "xla"
-  if impl == "pallas":
-    impl = "pallas_gpu" if platform == "gpu" else "pallas_tpu"
-  return impl
 
 
 def full_attention(q, k, v, *, causal=False, q_valid=None, kv_valid=None, prefix=None,

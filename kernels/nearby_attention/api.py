@@ -10,8 +10,8 @@ order (t, h, w). Softmax scale 1/sqrt(D).
 import jax
 
 from . import reference, xla
+from .._common import IMPLS, resolve_impl  # noqa: F401  (one dispatch for every pattern)
 
-IMPLS = ("auto", "reference", "xla", "pallas", "pallas_tpu", "pallas_gpu")
 
 
 def check_inputs(q, k, v, radius, causal):
@@ -30,18 +30,6 @@ def check_inputs(q, k, v, radius, causal):
   if causal and q.shape[1:4] != k.shape[1:4]:
     raise ValueError("causal nearby attention needs equal query and key grids, got "
                      f"{q.shape[1:4]} and {k.shape[1:4]}")
-
-
-def resolve_impl(impl, platform=None):
-  """Maps `impl` to a concrete backend for `platform` (default: JAX's default backend)."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-  platform = platform or jax.default_backend()
-  if impl == "auto":
-    impl = "pallas" if platform in ("tpu", "gpu") else "xla"
-  if impl == "pallas":
-    impl = "pallas_gpu" if platform == "gpu" else "pallas_tpu"
-  return impl
 
 
 def nearby_attention(q, k, v, *, radius, causal=False, impl="auto", interpret=None,
