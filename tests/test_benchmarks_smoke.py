@@ -24,6 +24,8 @@ SCRIPTS = {
                          "speed-up over dense"),
     "nearby_attention_tiles": ("benchmarks/nearby_attention_tiles.py", ["--json"], None,
                                "layout copies alone"),
+    "attention_patterns": ("benchmarks/attention_patterns.py", ["--json"], None,
+                           "decode per token"),
     "xla_cpu_options": ("benchmarks/xla_cpu_options.py", ["--json"], None, "train text_encoder"),
     # Prints the table, then the JSON on its last line.
     "input_pipeline": ("benchmarks/input_pipeline.py", [], None, "examples/s"),
@@ -34,8 +36,8 @@ SCRIPTS = {
     "nuwa_peer": ("benchmarks/peers/nuwa_decoding.py", ["--json"], "nuwa_pytorch",
                   "3x4x4-token video"),
 }
-ORDER = ("phenaki_peer", "xla_cpu_options", "imagen_peer", "nuwa_peer", "input_pipeline",
-         "nearby_attention", "nearby_attention_tiles")  # longest first
+ORDER = ("phenaki_peer", "attention_patterns", "xla_cpu_options", "imagen_peer", "nuwa_peer",
+         "input_pipeline", "nearby_attention", "nearby_attention_tiles")  # longest first
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,15 @@ def test_nearby_attention_tiles(runs):
   (row,) = r["rows"]
   assert (row["block_q"], row["block_k"]) == (16, 16) and row["fwd_ms"] > 0
   assert row["fwd_bwd_ms"] > 0 and r["layout_copies_ms"] > 0
+
+
+def test_attention_patterns(runs):
+  r = _result(runs, "attention_patterns")
+  assert [p["pattern"] for p in r["patterns"]] == ["axial_t", "local", "cross", "window"]
+  for p in r["patterns"]:
+    assert p["fwd_speedup"] > 0 and p["fwd_bwd_speedup"] > 0 and p["doubling_ratio_fwd"] > 0
+    assert p["decode_ratio"] > 0 and p["dense_decode_ratio"] > 0 and "jzoo.nn" in p["decode_note"]
+  assert r["patterns"][2]["k_grid"] == [1, 2, 2] and r["smoke"] is True
 
 
 def test_xla_cpu_options(runs):
