@@ -33,7 +33,8 @@ from jzoo.errors import ConfigError
 from jzoo.models.base import (IMAGE_TO_VIDEO, RECONSTRUCT, STORY, TEXT_TO_VIDEO, VIDEO_PREDICTION,
                               DataSpec, Model, Request, Stage, code_cache_input, to_uint8)
 from jzoo.nn import layers
-from jzoo.nn.transformer import Transformer, heads_for
+from jzoo.nn.token_transformer import TokenTransformer
+from jzoo.nn.transformer import heads_for
 from jzoo.parallel import compiler
 from jzoo.sampling import maskgit
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
@@ -45,7 +46,11 @@ TRANSFORMER = "transformer"
 
 
 class MaskGITTransformer(nn.Module):
-  """Video tokens [B, t, h, w] (id `codebook_size` = [MASK]) + text -> logits [B, t, h, w, V]."""
+  """Video tokens [B, t, h, w] (id `codebook_size` = [MASK]) + text -> logits [B, t, h, w, V].
+
+  A configuration of `jzoo.nn.token_transformer.TokenTransformer` (not causal: MaskGIT; Full
+  attention; text by cross-attention) in this module's own scope, so the parameter names are
+  the same and checkpoints load as they are."""
   codebook_size: int
   width: int
   num_layers: int
@@ -58,30 +63,16 @@ class MaskGITTransformer(nn.Module):
   remat: str = "none"
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.net = TokenTransformer(
+        self.codebook_size, self.width, self.num_layers, self.head_dim, self.mlp_dim,
+        grid=(self.max_time_tokens, self.grid_size, self.grid_size), text="cross",
+        text_positions=self.text_positions, causal=False, dropout=self.dropout,
+        remat=self.remat, dtype=self.dtype)
+    nn.share_scope(self, self.net)
+
   def __call__(self, tokens, text, text_mask, deterministic=True):
-    b, t, h, w = tokens.shape
-    if t > self.max_time_tokens:
-      raise ValueError(f"{t} time tokens exceed the transformer's {self.max_time_tokens}")
-    embed = layers.Embed(self.codebook_size + 1, self.width, dtype=self.dtype,
-                         name="token_embedding")
-    x = embed(tokens)
-    # Factorised learned positions: time + row + column.
-    pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
-    pos_t = self.param("position_time", pos_init, (self.max_time_tokens, self.width))
-    pos_h = self.param("position_height", pos_init, (self.grid_size, self.width))
-    pos_w = self.param("position_width", pos_init, (self.grid_size, self.width))
-    x = x + (pos_t[:t, None, None] + pos_h[None, :h, None] + pos_w[None, None, :w]).astype(x.dtype)
-    x = nn.with_logical_constraint(x.reshape(b, t * h * w, self.width), ("batch", "length", "embed"))
-    if self.text_positions:  # cross-attention alone cannot tell which object a word belongs to
-      text = layers.add_text_positions(self, text)
-    x = Transformer(self.num_layers, heads_for(self.width, self.head_dim), self.head_dim,
-                    self.mlp_dim, cross_attention=True, dropout=self.dropout, remat=self.remat,
-                    dtype=self.dtype, name="transformer")(
-                        x, context=text, context_mask=text_mask, deterministic=deterministic)
-    logits = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype,
-                          name="logits")(x)
-    return logits.reshape(b, t, h, w, self.codebook_size)
+    return self.net(tokens, text, text_mask, deterministic)
 
 
 class Phenaki(Model):

@@ -11,7 +11,8 @@ Vocabulary (use these, add new ones here with a rule):
   parameters:  embed (model width: FSDP-sharded), mlp (hidden width: tensor),
                heads (tensor), kv (head dim), vocab (vocabulary / codebook),
                conv_in, conv_out (conv kernel channels), norm (scales, biases),
-               relpos (relative position buckets)
+               relpos (relative position buckets), layers (the stacked axis of
+               layers under nn.scan: never sharded)
 """
 
 # (logical name, mesh axis | tuple of mesh axes | None). First match wins.
@@ -30,6 +31,7 @@ DEFAULT_RULES = (
     ("conv_out", "fsdp"),
     ("norm", None),
     ("relpos", None),
+    ("layers", None),
 )
 
 MESH_AXES = ("data", "fsdp", "tensor")
