@@ -2,13 +2,12 @@
 
 import importlib.util
 import itertools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jzoo.kernels import _common
 from jzoo.kernels.axial_attention import reference, xla
@@ -16,6 +15,7 @@ from jzoo.kernels.axial_attention import axial_attention
 from jzoo.kernels.window_attention import reference as window_reference
 from jzoo.kernels.window_attention import window_attention
 from tests.kernel_helpers import random_qkv
+from tests.kernel_helpers import v5e_mesh
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -165,15 +165,9 @@ def test_q_k_v_must_share_a_shape():
 @pytest.mark.tpu_aot
 def test_pallas_tpu_compiles_ahead_of_time_for_v5e():
   """Lines through splash attention, forward and backward, inside shard_map, for a v5e slice."""
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu is not installed (pip install 'jzoo[tpu]')")
   if importlib.util.find_spec("jzoo.kernels.full_attention.pallas_tpu") is None:
     pytest.skip("jzoo.kernels.full_attention has no TPU kernel")
-  # Tests and other tools may hold libtpu's lockfile; compiling needs no exclusive TPU.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
-  mesh = Mesh(np.asarray(topology.devices).reshape(2, 2), ("data", "tensor"))
+  mesh = v5e_mesh((2, 2), ("data", "tensor"))
   spec = P("data", None, None, None, "tensor", None)
   x = jax.ShapeDtypeStruct((4, 4, 16, 16, 4, 128), jnp.bfloat16,
                            sharding=NamedSharding(mesh, spec))

@@ -1,19 +1,18 @@
 """Full attention: every implementation against the dense masked reference."""
 
 import functools
-import importlib.util
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jzoo.kernels.full_attention import api, masks, pallas_gpu, pallas_tpu, reference, xla
 from jzoo.kernels.full_attention import attention_mask, full_attention
 from tests.kernel_helpers import random_qkv
+from tests.kernel_helpers import v5e_mesh
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -265,13 +264,7 @@ def test_bad_tpu_block_size():
 @pytest.mark.tpu_aot
 def test_pallas_tpu_compiles_ahead_of_time_for_v5e():
   """Splash attention, forward and backward, inside shard_map, compiled for a v5e slice."""
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu is not installed (pip install 'jzoo[tpu]')")
-  # Tests and other tools may hold libtpu's lockfile; compiling needs no exclusive TPU.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
-  mesh = Mesh(np.asarray(topology.devices).reshape(2, 2), ("data", "tensor"))
+  mesh = v5e_mesh((2, 2), ("data", "tensor"))
   spec, row = P("data", None, "tensor", None), P("data", None)
   sds = lambda s, dtype=jnp.bfloat16, spec=spec: jax.ShapeDtypeStruct(
       s, dtype, sharding=NamedSharding(mesh, spec))

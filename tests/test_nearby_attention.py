@@ -1,8 +1,6 @@
 """3D nearby attention: every implementation against the dense masked reference."""
 
-import importlib.util
 import itertools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ from jzoo.kernels import nearby_attention
 from jzoo.nn import sharded_attention as sharded
 from jzoo.nn.sharded_attention import sharded_nearby_attention
 from tests.kernel_helpers import random_qkv as _inputs
+from tests.kernel_helpers import v5e_mesh
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -268,13 +267,7 @@ def test_pallas_gpu_on_gpu_matches_reference(q_grid, k_grid, radius, causal, d, 
 @pytest.mark.tpu_aot
 def test_pallas_tpu_compiles_ahead_of_time_for_v5e():
   """The TPU kernel, forward and backward, inside shard_map, compiled for a v5e slice."""
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu is not installed (pip install 'jzoo[tpu]')")
-  # Tests and other tools may hold libtpu's lockfile; compiling needs no exclusive TPU.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
-  mesh = Mesh(np.asarray(topology.devices).reshape(2, 1, 2), ("data", "fsdp", "tensor"))
+  mesh = v5e_mesh((2, 1, 2), ("data", "fsdp", "tensor"))
   spec = P(("data", "fsdp"), None, None, None, "tensor", None)
   sds = lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=NamedSharding(mesh, spec))
   for q_shape, k_shape, causal in [((4, 8, 16, 16, 4, 64), (4, 8, 16, 16, 4, 64), True),

@@ -44,23 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jzoo import kernels
-from jzoo.kernels.full_attention.api import resolve_impl
+from jzoo.kernels._common import resolve_impl
+from jzoo.kernels._common import triple as _triple  # the kernels' own argument rule
 from jzoo.nn import sharded_attention
 
 SEQUENCE_AXES = ("batch", "length", "heads", "kv")
 GRID_AXES = sharded_attention.LOGICAL_AXES  # batch, frames, height, width, heads, kv
 AXES = ("t", "h", "w")
-
-
-def _triple(name, x, low):
-  """(t, h, w) ints >= low from an int or three ints; ValueError otherwise."""
-  try:
-    out = tuple(operator.index(a) for a in ((x,) * 3 if np.ndim(x) == 0 else x))
-  except TypeError:
-    out = ()
-  if len(out) != 3 or min(out) < low:
-    raise ValueError(f"{name} must be an int or three ints (t, h, w), each >= {low}; got {x!r}")
-  return out
 
 
 def _grid_shape(grid):
