@@ -110,6 +110,16 @@ def test_cached_decoding_equals_the_uncached_decoder(model, params):
   assert float(jnp.abs(again[:, i + 1 + w] - full[:, i + 1 + w]).max()) > 1e-3
 
 
+def test_the_bundled_checkpoint_loads_as_it_is():
+  """The decoder is a TokenTransformer with NUWA's names: the bundled weights' tree is the
+  module's, with no mapping."""
+  import flax.linen as nn
+  import jzoo
+  pipe = jzoo.load("nuwa-tiny-shapes")
+  want = nn.unbox(params_lib.abstract_params(pipe.model, "transformer"))
+  assert jax.tree.map(jnp.shape, want) == jax.tree.map(jnp.shape, pipe.params["transformer"])
+
+
 def test_window_offsets_cover_the_box():
   offsets = nuwa.window_offsets((1, 2, 0))
   assert offsets.shape == (3 * 5 * 1, 3)

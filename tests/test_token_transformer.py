@@ -198,3 +198,33 @@ def test_phenaki_transformer_is_a_configuration_with_the_same_names_and_bits():
   assert shapes(new) == shapes(old)
   np.testing.assert_array_equal(new.apply({"params": params}, TOKENS, TEXT, TEXT_MASK),
                                 old.apply({"params": params}, TOKENS, TEXT, TEXT_MASK))
+
+
+def test_nuwa_names_and_a_visual_condition_decode_as_teacher_forcing():
+  """NUWA's configuration: its names (no "transformer" scope, query/key/value/out in the block),
+  a condition encoder over the first frame's codes and a Nearby cross-attention to it in every
+  layer; one code at a time from the caches (and the encoded condition) == teacher forcing."""
+  m = model(causal=True, pattern=patterns.Nearby((1, 1, 1)), names=tt.NUWA_NAMES,
+            condition_radius=(1, 1, 1), condition_layers=1)
+  cond = TOKENS[:, :1]
+  params = nn.unbox(m.init(jax.random.key(2), TOKENS, TEXT, TEXT_MASK, condition=cond)["params"])
+  assert set(params) == {"code_embedding", "position_time", "position_height", "position_width",
+                         "condition_0", "norm_condition", "decoder_0", "decoder_1", "norm_out",
+                         "head"}
+  assert {"query", "visual_query", "norm_visual", "cross_attention"} <= set(params["decoder_0"])
+  assert "query" in params["condition_0"] and "cross_attention" not in params["condition_0"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, x.shape)
+                                     for k, x in zip(keys, leaves)])
+  want = m.apply({"params": params}, TOKENS, TEXT, TEXT_MASK, condition=cond).reshape(2, -1, V)
+  visual = m.apply({"params": params}, cond, method="encode_condition")
+  step = jax.jit(lambda prev, n, cache: m.apply({"params": params}, prev, n, cache, TEXT,
+                                                TEXT_MASK, visual, method="step"))
+  flat, cache = TOKENS.reshape(2, -1), m.init_cache(2)
+  for n in range(flat.shape[1]):
+    prev = jnp.full((2,), m.special_id) if n == 0 else flat[:, n - 1]
+    logits, cache = step(prev, jnp.int32(n), cache)
+    np.testing.assert_allclose(logits, want[:, n], atol=2e-5, rtol=2e-5, err_msg=f"position {n}")
+  with pytest.raises(ValueError, match="visual condition"):
+    m.apply({"params": params}, TOKENS, TEXT, TEXT_MASK)

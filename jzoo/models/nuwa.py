@@ -27,8 +27,6 @@ With `tokenizer.frames = 1` the same model is a text-to-image model on
 `shapes` (an image is a one-frame video).
 """
 
-import itertools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,13 +35,12 @@ import optax
 
 from jzoo import config as config_lib
 from jzoo.errors import ConfigError
-from jzoo.kernels import nearby_attention
 from jzoo.models.base import (INFILL, RECONSTRUCT, TEXT_TO_IMAGE, TEXT_TO_VIDEO, VIDEO_PREDICTION,
                               DataSpec, Model, Request, Stage, to_uint8)
-from jzoo.nn import layers
-from jzoo.nn.attention import HeadsProjection, OutProjection
-from jzoo.nn.sharded_attention import sharded_nearby_attention
-from jzoo.nn.transformer import Attention, MlpBlock, Transformer, heads_for
+from jzoo.nn import layers, patterns
+# window_offsets: re-exported, the notebooks draw the 3DNA box with it.
+from jzoo.nn.token_transformer import NUWA_NAMES, TokenTransformer, window_offsets  # noqa: F401
+from jzoo.nn.transformer import Transformer, heads_for
 from jzoo.sampling import autoregressive
 from jzoo.text.encoder import InModelTextEncoder
 from jzoo.vq.tokenizer_stage import TokenizerStage
@@ -51,136 +48,17 @@ from jzoo.vq.vqgan import VQGAN
 
 TOKENIZER = "tokenizer"
 TRANSFORMER = "transformer"
-GRID = ("batch", "frames", "height", "width", "embed")
-
-
-def _attend_nearby(q, k, v, radius, impl, causal=True):
-  """3DNA; inside `shard_map` when a multi-device mesh is active (Pallas on TPU/GPU)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl)
-  return sharded_nearby_attention(q, k, v, mesh=mesh, radius=radius, causal=causal, impl=impl,
-                                  rules=nn.get_logical_axis_rules() or None)
-
-
-def window_offsets(radius):
-  """The (dt, dh, dw) offsets of a nearby-attention box: int32 [K, 3], K = Π(2r+1)."""
-  return np.array(list(itertools.product(*(range(-r, r + 1) for r in radius))), np.int32)
-
-
-def _box(centre, radius, grid):
-  """The box of `radius` around `centre` (traced (t, h, w)) on `grid`, cut at the borders:
-  (grid coordinates [K, 3] clipped into the grid, whether each is inside [K])."""
-  where = jnp.stack(centre)[None, :] + jnp.asarray(window_offsets(radius))
-  inside = jnp.all((where >= 0) & (where < jnp.asarray(grid)), axis=1)
-  return where, jnp.clip(where, 0, jnp.asarray(grid) - 1), inside
-
-
-def _attend_box(q, keys, values, valid):
-  """One query per head against its gathered box: q [B, heads, D], keys/values [B, K, heads, D],
-  valid [K] -> [B, heads, D] (softmax scale 1/sqrt(D), as the kernel)."""
-  logits = jnp.einsum("bhd,bkhd->bhk", q.astype(jnp.float32), keys.astype(jnp.float32))
-  logits = jnp.where(valid[None, None], logits / np.sqrt(q.shape[-1]), -jnp.inf)
-  weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-  return jnp.einsum("bhk,bkhd->bhd", weights, values)
-
-
-class NearbyDecoderLayer(nn.Module):
-  """3DNA self-attention (causal in the decoder), 3DNA cross-attention to a visual condition
-  (`visual_radius`), cross-attention to the text (`text_cross`), MLP; pre-LayerNorm residuals.
-  The visual condition's encoder layers are the same layer, not causal and with no cross-attention.
-
-  `__call__` runs a whole grid (training); `step` runs one new token against a
-  key/value cache (sampling). Both read the same parameters and agree exactly."""
-  width: int
-  num_heads: int
-  head_dim: int
-  mlp_dim: int
-  radius: tuple
-  impl: str = "auto"
-  dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
-  causal: bool = True
-  text_cross: bool = True
-  visual_radius: tuple = None  # None: no visual condition
-
-  def setup(self):
-    h, d = self.num_heads, self.head_dim
-    self.norm_self = layers.LayerNorm(self.dtype)
-    self.query = HeadsProjection(h, d, self.dtype)
-    self.key = HeadsProjection(h, d, self.dtype)
-    self.value = HeadsProjection(h, d, self.dtype)
-    self.out = OutProjection(self.width, self.dtype)
-    if self.visual_radius is not None:
-      self.norm_visual = layers.LayerNorm(self.dtype)
-      self.visual_query = HeadsProjection(h, d, self.dtype)
-      self.visual_key = HeadsProjection(h, d, self.dtype)
-      self.visual_value = HeadsProjection(h, d, self.dtype)
-      self.visual_out = OutProjection(self.width, self.dtype)
-    if self.text_cross:
-      self.norm_cross = layers.LayerNorm(self.dtype)
-      self.cross_attention = Attention(h, d, null_kv=True, dtype=self.dtype)
-    self.norm_mlp = layers.LayerNorm(self.dtype)
-    self.mlp = MlpBlock(self.mlp_dim, self.dropout, self.dtype)
-    self.drop = nn.Dropout(self.dropout)
-
-  def _cross_and_mlp(self, x, text, text_mask, deterministic):
-    if self.text_cross:
-      cmask = (text_mask > 0)[:, None, None, :]
-      x = x + self.drop(self.cross_attention(self.norm_cross(x), text, cmask),
-                        deterministic=deterministic)
-    return x + self.drop(self.mlp(self.norm_mlp(x), deterministic), deterministic=deterministic)
-
-  def __call__(self, x, text, text_mask, deterministic=True, visual=None):
-    """x: [B, t, h, w, E] -> same; visual: the encoded condition [B, tc, hc, wc, E] or None."""
-    b, t, hh, ww, e = x.shape
-    heads = ("batch", "frames", "height", "width", "heads", "kv")
-    y = self.norm_self(x)
-    q, k, v = (nn.with_logical_constraint(a, heads)
-               for a in (self.query(y), self.key(y), self.value(y)))
-    y = _attend_nearby(q, k, v, tuple(self.radius), self.impl, self.causal)
-    x = x + self.drop(self.out(y), deterministic=deterministic)
-    if self.visual_radius is not None:
-      q = nn.with_logical_constraint(self.visual_query(self.norm_visual(x)), heads)
-      k, v = (nn.with_logical_constraint(a, heads)
-              for a in (self.visual_key(visual), self.visual_value(visual)))
-      y = _attend_nearby(q, k, v, tuple(self.visual_radius), self.impl, causal=False)
-      x = x + self.drop(self.visual_out(y), deterministic=deterministic)
-    x = self._cross_and_mlp(x.reshape(b, t * hh * ww, e), text, text_mask, deterministic)
-    return nn.with_logical_constraint(x.reshape(b, t, hh, ww, e), GRID)
-
-  def step(self, x, position, cache, text, text_mask, visual=None):
-    """One token. x: [B, E] at grid `position` (t, h, w) (traced ints); cache: (k, v) of shape
-    [B, t, h, w, heads, D]. Returns (y [B, E], updated cache)."""
-    cache_k, cache_v = cache
-    grid = cache_k.shape[1:4]
-    y = self.norm_self(x)
-    q, k, v = self.query(y), self.key(y), self.value(y)  # [B, heads, D]
-    at = (0, *position, 0, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, None, None, None], at)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, None, None, None], at)
-    # The box around `position`, truncated at the borders and to keys at or before it.
-    where, idx, inside = _box(position, self.radius, grid)
-    raster = lambda p: (p[..., 0] * grid[1] + p[..., 1]) * grid[2] + p[..., 2]
-    valid = inside & (raster(where) <= raster(jnp.stack(position)))
-    gather = lambda a: a[:, idx[:, 0], idx[:, 1], idx[:, 2]]  # [B, K, ...]
-    x = x + self.out(_attend_box(q, gather(cache_k), gather(cache_v), valid))
-    if self.visual_radius is not None:
-      # The condition's box around the scaled position; only its K tokens are projected.
-      cgrid = visual.shape[1:4]
-      centre = tuple(p * c // g for p, c, g in zip(position, cgrid, grid))
-      _, cidx, inside = _box(centre, self.visual_radius, cgrid)
-      box = visual[:, cidx[:, 0], cidx[:, 1], cidx[:, 2]]  # [B, K, E]
-      q = self.visual_query(self.norm_visual(x))
-      y = _attend_box(q, self.visual_key(box), self.visual_value(box), inside)
-      x = x + self.visual_out(y)
-    x = self._cross_and_mlp(x[:, None], text, text_mask, True)[:, 0]
-    return x, (cache_k, cache_v)
 
 
 class NUWATransformer(nn.Module):
   """Text encoder (+ 3DNA encoder of the first `condition_frames` frames' codes) + 3DNA decoder
-  over a [t, h, w] grid of `codebook_size` codes."""
+  over a [t, h, w] grid of `codebook_size` codes.
+
+  The decoder (and the visual condition's encoder) is a configuration of
+  `jzoo.nn.token_transformer.TokenTransformer` (causal Nearby self-attention, BOS shift, text by
+  cross-attention with a learned null key/value) with NUWA's names in this module's own scope, so
+  checkpoints load as they are. The caption's encoder is NUWA's own (text_embedding,
+  text_position, text_encoder) and feeds the decoder's `text`."""
   vocab_size: int
   text_length: int
   codebook_size: int
@@ -199,6 +77,18 @@ class NUWATransformer(nn.Module):
   condition_layers: int = 0
   condition_radius: tuple = (1, 1, 1)
 
+  def decoder(self, **kw):
+    """The decoder's TokenTransformer (unbound with parent=None)."""
+    return TokenTransformer(
+        self.codebook_size, self.width, self.decoder_layers, self.head_dim, self.mlp_dim,
+        grid=tuple(self.grid), pattern=patterns.Nearby(tuple(self.radius)), text="cross",
+        causal=True, dropout=self.dropout, remat=self.remat, impl=self.impl, dtype=self.dtype,
+        # The condition frames are the video's first frames: they share its code embedding and
+        # positions, and are encoded with non-causal 3DNA.
+        condition_radius=tuple(self.condition_radius) if self.condition_frames else None,
+        condition_layers=self.condition_layers if self.condition_frames else 0,
+        names=NUWA_NAMES, **kw)
+
   def setup(self):
     e, heads = self.width, heads_for(self.width, self.head_dim)
     pos_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
@@ -206,30 +96,8 @@ class NUWATransformer(nn.Module):
     self.text_position = self.param("text_position", pos_init, (self.text_length, e))
     self.text_encoder = Transformer(self.encoder_layers, heads, self.head_dim, self.mlp_dim,
                                     dropout=self.dropout, remat=self.remat, dtype=self.dtype)
-    # Codes plus a begin-of-sequence id (`codebook_size`) that precedes the first token.
-    self.code_embedding = layers.Embed(self.codebook_size + 1, e, dtype=self.dtype)
-    t, h, w = self.grid
-    self.position_time = self.param("position_time", pos_init, (t, e))
-    self.position_height = self.param("position_height", pos_init, (h, e))
-    self.position_width = self.param("position_width", pos_init, (w, e))
-    layer = NearbyDecoderLayer
-    if self.remat == "full":
-      layer = nn.remat(NearbyDecoderLayer, static_argnums=(4,))  # deterministic
-    visual_radius = tuple(self.condition_radius) if self.condition_frames else None
-    if self.condition_frames:
-      # The condition frames are the video's first frames: they share its code embedding and
-      # positions, and are encoded with non-causal 3DNA.
-      self.condition_encoder = [
-          layer(e, heads, self.head_dim, self.mlp_dim, tuple(self.condition_radius), self.impl,
-                self.dropout, self.dtype, causal=False, text_cross=False, name=f"condition_{i}")
-          for i in range(self.condition_layers)]
-      self.norm_condition = layers.LayerNorm(self.dtype)
-    self.decoder = [layer(e, heads, self.head_dim, self.mlp_dim, tuple(self.radius), self.impl,
-                          self.dropout, self.dtype, visual_radius=visual_radius,
-                          name=f"decoder_{i}")
-                    for i in range(self.decoder_layers)]
-    self.norm_out = layers.LayerNorm(self.dtype)
-    self.head = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype)
+    self.net = self.decoder()
+    nn.share_scope(self, self.net)
 
   @property
   def bos(self):
@@ -240,50 +108,25 @@ class NUWATransformer(nn.Module):
     pad = (mask > 0)[:, None, None, :]
     return self.text_encoder(x, pad, deterministic=deterministic)
 
-  def _positions(self):
-    return (self.position_time[:, None, None] + self.position_height[None, :, None]
-            + self.position_width[None, None, :]).astype(self.dtype)  # [t, h, w, E]
-
   def encode_condition(self, codes, deterministic=True):
     """The visual condition: codes [B, condition_frames, h, w] -> [B, condition_frames, h, w, E]."""
-    x = self.code_embedding(codes) + self._positions()[:codes.shape[1]]
-    x = nn.with_logical_constraint(x, GRID)
-    for layer in self.condition_encoder:
-      x = layer(x, None, None, deterministic)
-    return self.norm_condition(x)
+    return self.net.encode_condition(codes, deterministic)
 
   def __call__(self, tokens, mask, codes, deterministic=True):
     """Teacher forcing: logits [B, t, h, w, V] of each code given the codes before it (and, with
     a visual condition, the first `condition_frames` frames of `codes`)."""
     text = self.encode_text(tokens, mask, deterministic)
-    visual = (self.encode_condition(codes[:, :self.condition_frames], deterministic)
-              if self.condition_frames else None)
-    b = codes.shape[0]
-    flat = codes.reshape(b, -1)
-    shifted = jnp.concatenate([jnp.full((b, 1), self.bos, flat.dtype), flat[:, :-1]], axis=1)
-    x = self.code_embedding(shifted.reshape(codes.shape)) + self._positions()
-    x = nn.with_logical_constraint(x, GRID)
-    for layer in self.decoder:
-      x = layer(x, text, mask, deterministic, visual)
-    return self.head(self.norm_out(x))
+    condition = codes[:, :self.condition_frames] if self.condition_frames else None
+    return self.net(codes, text, mask, deterministic, condition=condition)
 
   def init_cache(self, batch):
-    t, h, w = self.grid
-    shape = (batch, t, h, w, heads_for(self.width, self.head_dim), self.head_dim)
-    return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
-            for _ in range(self.decoder_layers)]
+    return self.decoder(parent=None).init_cache(batch)
 
   def step(self, text, mask, previous, n, caches, visual=None):
     """Logits [B, V] of the code at raster index n, given the code at n - 1 (`previous`, BOS
-    for n = 0), the caches of codes < n and the encoded visual condition (if any)."""
-    t, h, w = self.grid
-    position = (n // (h * w), (n // w) % h, n % w)
-    x = self.code_embedding(previous) + self._positions()[position]
-    new_caches = []
-    for layer, cache in zip(self.decoder, caches):
-      x, cache = layer.step(x, position, cache, text, mask, visual)
-      new_caches.append(cache)
-    return self.head(self.norm_out(x)), new_caches
+    for n = 0), the caches of codes < n and the encoded visual condition (if any). Each layer
+    reads only its box of the caches (`patterns.decode_step`): O(box) a token."""
+    return self.net.step(previous, n, caches, text, mask, visual)
 
 
 class NUWA(Model):

@@ -15,10 +15,18 @@ width}, text_position, transformer/layers_{i}/..., transformer/norm_out, logits)
 checkpoints are this module's with scan_layers=False. With scan_layers=True the layers run
 under `nn.scan` over groups of one pattern cycle: transformer/layers/layers_{j} holds layer
 g * cycle + j stacked on a leading "layers" axis (`scan_params`/`unscan_params` convert).
+`names=NUWA_NAMES` gives NUWA's names instead (code_embedding, decoder_{i}/{query, key, value,
+out, ...}, norm_out, head: no "transformer" scope), so its checkpoints load as they are too.
+
+A visual condition (NUWA's video prediction, `condition_radius`): the codes of the first frames,
+embedded as the grid's and encoded by `condition_layers` non-causal Nearby blocks (condition_{i},
+norm_condition), are seen by every layer through a non-causal Nearby cross-attention around the
+query's scaled position (norm_visual, visual_{query,key,value,out}).
 """
 
 import dataclasses
-from typing import Any
+import itertools
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -31,6 +39,19 @@ from jzoo.nn.transformer import TOKENS, Attention, MlpBlock, heads_for
 
 TEXT_MODES = ("cross", "prefix", None)
 HEADS = ("batch", "length", "heads", "kv")
+GRID_HEADS = ("batch", "frames", "height", "width", "heads", "kv")
+
+
+class Names(NamedTuple):
+  """Parameter names; the defaults are Phenaki's."""
+  embedding: str = "token_embedding"
+  logits: str = "logits"
+  stack: Any = "transformer"  # None: the layers and norm_out in the module's own scope
+  layer: str = "layers"  # layer i: {layer}_{i}
+  self_attention: Any = "self_attention"  # None: query/key/value/out in the block's own scope
+
+
+NUWA_NAMES = Names("code_embedding", "head", None, "decoder", None)
 
 
 def _cycle_length(pattern):
@@ -50,6 +71,28 @@ def _remat_policy(remat):
     raise ValueError(f"remat must be 'none', 'full' or a jax.checkpoint_policies name, "
                      f"got {remat!r}")
   return policy
+
+
+def window_offsets(radius):
+  """The (dt, dh, dw) offsets of a nearby-attention box: int32 [K, 3], K = prod(2r+1)."""
+  return np.array(list(itertools.product(*(range(-r, r + 1) for r in radius))), np.int32)
+
+
+def _box(centre, radius, grid):
+  """The box of `radius` around `centre` (traced (t, h, w)) on `grid`, cut at the borders:
+  (grid coordinates [K, 3] clipped into the grid, whether each is inside [K])."""
+  where = jnp.stack(centre)[None, :] + jnp.asarray(window_offsets(radius))
+  inside = jnp.all((where >= 0) & (where < jnp.asarray(grid)), axis=1)
+  return jnp.clip(where, 0, jnp.asarray(grid) - 1), inside
+
+
+def _attend_box(q, keys, values, valid):
+  """One query per head against its gathered box: q [B, heads, D], keys/values [B, K, heads, D],
+  valid [K] -> [B, heads, D] (softmax scale 1/sqrt(D), as the kernel)."""
+  logits = jnp.einsum("bhd,bkhd->bhk", q.astype(jnp.float32), keys.astype(jnp.float32))
+  logits = jnp.where(valid[None, None], logits / np.sqrt(q.shape[-1]), -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+  return jnp.einsum("bhk,bkhd->bhd", weights, values)
 
 
 class SelfAttention(nn.Module):
@@ -101,11 +144,22 @@ class Block(nn.Module):
   impl: str = "auto"
   grid: Any = None
   deterministic: bool = True  # a field, not an argument: nn.scan and nn.remat need no statics
+  visual_radius: Any = None  # Nearby cross-attention to an encoded visual condition; None: none
+  flat_attention: bool = False  # query/key/value/out in this scope (NUWA's names)
 
   def setup(self):
+    h, d = self.num_heads, self.head_dim
     self.norm_self = layers.LayerNorm(self.dtype)
-    self.self_attention = SelfAttention(self.num_heads, self.head_dim, self.width, self.dtype,
-                                        self.pattern, self.impl, self.grid)
+    self.self_attention = SelfAttention(h, d, self.width, self.dtype, self.pattern, self.impl,
+                                        self.grid)
+    if self.flat_attention:
+      nn.share_scope(self, self.self_attention)
+    if self.visual_radius is not None:
+      self.norm_visual = layers.LayerNorm(self.dtype)
+      self.visual_query = HeadsProjection(h, d, self.dtype)
+      self.visual_key = HeadsProjection(h, d, self.dtype)
+      self.visual_value = HeadsProjection(h, d, self.dtype)
+      self.visual_out = OutProjection(self.width, self.dtype)
     if self.cross:
       self.norm_cross = layers.LayerNorm(self.dtype)
       self.cross_attention = Attention(self.num_heads, self.head_dim, null_kv=True,
@@ -121,13 +175,39 @@ class Block(nn.Module):
       x = x + self.drop(self.cross_attention(self.norm_cross(x), text, cmask), self.deterministic)
     return x + self.mlp(self.norm_mlp(x), self.deterministic)
 
-  def __call__(self, x, text=None, text_mask=None, mask=None):
+  def _visual(self, x, visual):
+    """x [B, L, E] on `grid` -> the Nearby cross-attention to visual [B, tc, hc, wc, E] (the
+    kernel maps each query to the box around its scaled position)."""
+    b, _, e = x.shape
+    q = self.visual_query(self.norm_visual(x)).reshape(b, *self.grid, self.num_heads, -1)
+    q, k, v = (nn.with_logical_constraint(a, GRID_HEADS)
+               for a in (q, self.visual_key(visual), self.visual_value(visual)))
+    y = patterns.attention(q, k, v, patterns.Nearby(self.visual_radius), impl=self.impl)
+    return self.visual_out(y.reshape(b, x.shape[1], self.num_heads, -1))
+
+  def _visual_step(self, x, visual, position):
+    """x [B, E] at raster index `position`: the condition's box around the scaled position is
+    gathered and only its K tokens are projected, O(box)."""
+    grid, cgrid = self.grid, visual.shape[1:4]
+    point = (position // (grid[1] * grid[2]), (position // grid[2]) % grid[1], position % grid[2])
+    centre = tuple(p * c // g for p, c, g in zip(point, cgrid, grid))
+    idx, inside = _box(centre, self.visual_radius, cgrid)
+    box = visual[:, idx[:, 0], idx[:, 1], idx[:, 2]]  # [B, K, E]
+    q = self.visual_query(self.norm_visual(x))
+    return self.visual_out(_attend_box(q, self.visual_key(box), self.visual_value(box), inside))
+
+  def __call__(self, x, text=None, text_mask=None, mask=None, visual=None):
     x = x + self.drop(self.self_attention(self.norm_self(x), mask), self.deterministic)
+    if self.visual_radius is not None:
+      x = x + self.drop(self._visual(x, visual), self.deterministic)
     return nn.with_logical_constraint(self._rest(x, text, text_mask), TOKENS)
 
-  def step(self, x, cache, position, text=None, text_mask=None):
+  def step(self, x, cache, position, text=None, text_mask=None, visual=None):
     y, cache = self.self_attention.step(self.norm_self(x), cache, position)
-    return self._rest((x + y)[:, None], text, text_mask)[:, 0], cache
+    x = x + y
+    if self.visual_radius is not None:
+      x = x + self._visual_step(x, visual, position)
+    return self._rest(x[:, None], text, text_mask)[:, 0], cache
 
 
 class _Group(nn.Module):
@@ -135,16 +215,17 @@ class _Group(nn.Module):
   group's caches when decoding, else None."""
   layer_patterns: tuple
   kwargs: tuple  # Block's fields, as sorted items (module fields must hash)
+  layer_name: str = "layers"
 
   @nn.compact
-  def __call__(self, x, caches, text, text_mask, mask, position):
+  def __call__(self, x, caches, text, text_mask, mask, position, visual):
     new = []
     for j, pattern in enumerate(self.layer_patterns):
-      block = Block(**dict(self.kwargs), pattern=pattern, name=f"layers_{j}")
+      block = Block(**dict(self.kwargs), pattern=pattern, name=f"{self.layer_name}_{j}")
       if caches is None:
-        x = block(x, text, text_mask, mask)
+        x = block(x, text, text_mask, mask, visual)
       else:
-        x, c = block.step(x, caches[j], position, text, text_mask)
+        x, c = block.step(x, caches[j], position, text, text_mask, visual)
         new.append(c)
     return x, (None if caches is None else tuple(new))
 
@@ -157,28 +238,31 @@ class _Stack(nn.Module):
   remat: str = "none"
   scan: bool = False
   dtype: Any = jnp.float32
+  layer_name: str = "layers"
 
   @nn.compact
-  def __call__(self, x, caches, text, text_mask, mask, position):
+  def __call__(self, x, caches, text, text_mask, mask, position, visual=None):
     policy = _remat_policy(self.remat) if caches is None else None  # no backward when decoding
     if self.scan:
       group = _Group if policy is None else nn.remat(_Group, policy=policy, prevent_cse=False)
       scanned = nn.scan(group, variable_axes={"params": 0},
                         split_rngs={"params": True, "dropout": True},
-                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
+                                 nn.broadcast),
                         length=len(self.layer_patterns) // self.cycle,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-      x, caches = scanned(self.layer_patterns[:self.cycle], self.kwargs, name="layers")(
-          x, caches, text, text_mask, mask, position)
+      x, caches = scanned(self.layer_patterns[:self.cycle], self.kwargs, self.layer_name,
+                          name=self.layer_name)(x, caches, text, text_mask, mask, position,
+                                                visual)
     else:
       block = Block if policy is None else nn.remat(Block, policy=policy)
       new = []
       for i, pattern in enumerate(self.layer_patterns):
-        layer = block(**dict(self.kwargs), pattern=pattern, name=f"layers_{i}")
+        layer = block(**dict(self.kwargs), pattern=pattern, name=f"{self.layer_name}_{i}")
         if caches is None:
-          x = layer(x, text, text_mask, mask)
+          x = layer(x, text, text_mask, mask, visual)
         else:
-          x, cache = layer.step(x, caches[i], position, text, text_mask)
+          x, cache = layer.step(x, caches[i], position, text, text_mask, visual)
           new.append(cache)
       caches = None if caches is None else tuple(new)
     return layers.LayerNorm(self.dtype, name="norm_out")(x), caches
@@ -193,7 +277,9 @@ class TokenTransformer(nn.Module):
   causal flag comes from `causal` (a pattern's own is replaced). text: "cross" (cross-attention
   with a learned null key/value, so an all-masked text is the unconditional model), "prefix"
   (text embeddings projected to `width` and put in front, seen by every code; Full only) or
-  None. remat: "none" | "full" | a jax.checkpoint_policies name."""
+  None. remat: "none" | "full" | a jax.checkpoint_policies name. condition_radius: None (no
+  visual condition) or the Nearby radius of the condition encoder and of every layer's
+  cross-attention to it (see the module's docstring); names: `Names` (NUWA_NAMES: NUWA's)."""
   codebook_size: int
   width: int
   num_layers: int
@@ -210,6 +296,9 @@ class TokenTransformer(nn.Module):
   scan_layers: bool = False
   impl: str = "auto"
   dtype: Any = jnp.float32
+  condition_radius: Any = None
+  condition_layers: int = 0
+  names: Names = Names()
 
   # --- configuration -------------------------------------------------------------------------
   @property
@@ -237,21 +326,47 @@ class TokenTransformer(nn.Module):
                        f"({self.num_layers})")
     grid_patterns = any(not isinstance(self.layer_pattern(i), patterns.Full)
                         for i in range(self.cycle))
-    if self.text == "prefix" and grid_patterns:
-      raise ValueError("text='prefix' puts text tokens in the sequence: Full patterns only")
+    if self.text == "prefix" and (grid_patterns or self.condition_radius is not None):
+      raise ValueError("text='prefix' puts text tokens in the sequence: Full patterns and no "
+                       "visual condition only")
+    if self.names.stack is None and self.scan_layers:
+      raise ValueError("scan_layers needs the layers in a scope of their own (names.stack)")
     return grid_patterns
 
   # --- forward ---------------------------------------------------------------------------------
-  def _embed(self, ids, positions):
-    """Code embedding + `positions(pos_t, pos_h, pos_w)` (factorised learned positions)."""
-    x = layers.Embed(self.codebook_size + self.num_special, self.width, dtype=self.dtype,
-                     name="token_embedding")(ids)
+  def _embedding(self):
+    """The code embedding and the factorised learned positions (time, height, width); made once
+    a call, as the visual condition shares them."""
+    table = layers.Embed(self.codebook_size + self.num_special, self.width, dtype=self.dtype,
+                         name=self.names.embedding)
     init = lambda axis: nn.with_logical_partitioning(nn.initializers.normal(0.02), (axis, "embed"))
     t, h, w = self.grid
     pos = (self.param("position_time", init("frames"), (t, self.width)),
            self.param("position_height", init("height"), (h, self.width)),
            self.param("position_width", init("width"), (w, self.width)))
-    return x + positions(*pos).astype(x.dtype)
+    return table, pos
+
+  @staticmethod
+  def _embed(embedding, ids):
+    """ids [B, t, h, w] -> [B, t, h, w, E] at the grid's first t, h, w positions."""
+    table, (pt, ph, pw) = embedding
+    t, h, w = ids.shape[1:]
+    x = table(ids)
+    return x + (pt[:t, None, None] + ph[None, :h, None] + pw[None, None, :w]).astype(x.dtype)
+
+  def _condition(self, embedding, codes, deterministic):
+    """The visual condition: codes [B, F, h, w] -> [B, F, h, w, E], non-causal Nearby blocks."""
+    b, f, h, w = codes.shape
+    x = self._embed(embedding, codes).reshape(b, f * h * w, self.width)
+    policy = _remat_policy(self.remat)
+    block = Block if policy is None else nn.remat(Block, policy=policy)
+    for i in range(self.condition_layers):
+      x = block(self.width, self.num_heads, self.head_dim, self.mlp_dim, dropout=self.dropout,
+                dtype=self.dtype, pattern=patterns.Nearby(self.condition_radius), impl=self.impl,
+                grid=(f, h, w), deterministic=deterministic,
+                flat_attention=self.names.self_attention is None, name=f"condition_{i}")(x)
+    x = layers.LayerNorm(self.dtype, name="norm_condition")(x)
+    return x.reshape(b, f, h, w, self.width)
 
   def _text(self, text, text_mask):
     if self.text is None:
@@ -272,21 +387,34 @@ class TokenTransformer(nn.Module):
     kwargs = dict(width=self.width, num_heads=self.num_heads, head_dim=self.head_dim,
                   mlp_dim=self.mlp_dim, cross=self.text == "cross", dropout=self.dropout,
                   dtype=self.dtype, impl=self.impl, grid=tuple(self.grid),
-                  deterministic=deterministic)
-    return _Stack(tuple(self.layer_pattern(i) for i in range(self.num_layers)),
-                  tuple(sorted(kwargs.items())), self.cycle, self.remat, self.scan_layers,
-                  self.dtype, name="transformer")
+                  deterministic=deterministic, flat_attention=self.names.self_attention is None,
+                  visual_radius=self.condition_radius)
+    stack = _Stack(tuple(self.layer_pattern(i) for i in range(self.num_layers)),
+                   tuple(sorted(kwargs.items())), self.cycle, self.remat, self.scan_layers,
+                   self.dtype, self.names.layer, name=self.names.stack or "transformer")
+    if self.names.stack is None:  # NUWA: decoder_{i} and norm_out in this module's scope
+      nn.share_scope(self, stack)
+    return stack
 
   def _logits(self, x):
     return layers.dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype,
-                        name="logits")(x)
+                        name=self.names.logits)(x)
 
   @nn.compact
   def __call__(self, tokens, text=None, text_mask=None, deterministic=True, *, cache=None,
-               position=None):
+               position=None, condition=None, visual=None):
     """Logits [B, t, h, w, V] of codes [B, t, h, w]. With `cache` (see `step`): tokens are the
-    previous codes [B] and `position` the raster index of the code to predict."""
+    previous codes [B] and `position` the raster index of the code to predict. With a visual
+    condition: `condition`, its codes [B, F, h, w] (encoded here; with tokens=None only encoded
+    and returned), or `visual`, the encoded one."""
     grid_patterns = self._check()
+    embedding = self._embedding()
+    if condition is not None:
+      visual = self._condition(embedding, condition, deterministic)
+      if tokens is None:
+        return visual
+    if (self.condition_radius is not None) != (visual is not None):
+      raise ValueError("condition_radius and a visual condition go together")
     text, text_mask = self._text(text, text_mask)
     cross = text if self.text == "cross" else None
     if cache is not None:
@@ -294,8 +422,10 @@ class TokenTransformer(nn.Module):
         raise NotImplementedError("step with a text prefix (its keys are not cached)")
       _, h, w = self.grid
       n = jnp.asarray(position, jnp.int32)
-      x = self._embed(tokens, lambda pt, ph, pw: pt[n // (h * w)] + ph[(n // w) % h] + pw[n % w])
-      x, cache = self._stack(True)(x, cache, cross, text_mask, None, n)
+      table, (pt, ph, pw) = embedding
+      x = table(tokens)
+      x = x + (pt[n // (h * w)] + ph[(n // w) % h] + pw[n % w]).astype(x.dtype)
+      x, cache = self._stack(True)(x, cache, cross, text_mask, None, n, visual)
       return self._logits(x), cache
 
     b, t, h, w = tokens.shape
@@ -308,13 +438,12 @@ class TokenTransformer(nn.Module):
       flat = tokens.reshape(b, -1)
       ids = jnp.concatenate([jnp.full((b, 1), self.special_id, flat.dtype), flat[:, :-1]], 1)
       ids = ids.reshape(tokens.shape)
-    x = self._embed(ids, lambda pt, ph, pw: pt[:t, None, None] + ph[None, :h, None]
-                    + pw[None, None, :w])
+    x = self._embed(embedding, ids)
     x = nn.with_logical_constraint(x.reshape(b, t * h * w, self.width), TOKENS)
     mask = None
     if self.text == "prefix":
       x, mask = self._prefix(x, text, text_mask)
-    x, _ = self._stack(deterministic)(x, None, cross, text_mask, mask, None)
+    x, _ = self._stack(deterministic)(x, None, cross, text_mask, mask, None, visual)
     if self.text == "prefix":
       x = x[:, text.shape[1]:]
     return self._logits(x).reshape(b, t, h, w, self.codebook_size)
@@ -347,10 +476,15 @@ class TokenTransformer(nn.Module):
     return tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (groups, *a.shape)), one(j))
                  for j in range(self.cycle))
 
-  def step(self, previous, n, cache, text=None, text_mask=None):
+  def step(self, previous, n, cache, text=None, text_mask=None, visual=None):
     """(logits [B, V] of the code at raster index n, cache) given the code at n - 1 (`previous`
-    [B]; BOS = `special_id` for n = 0) and the caches of codes < n."""
-    return self(previous, text, text_mask, cache=cache, position=n)
+    [B]; BOS = `special_id` for n = 0), the caches of codes < n and the encoded visual condition
+    (`encode_condition`), if any."""
+    return self(previous, text, text_mask, cache=cache, position=n, visual=visual)
+
+  def encode_condition(self, codes, deterministic=True):
+    """The visual condition's codes [B, F, h, w] -> its encoding [B, F, h, w, E]."""
+    return self(None, deterministic=deterministic, condition=codes)
 
 
 # --- parameter trees -------------------------------------------------------------------------

@@ -52,14 +52,19 @@ def _axis_plan(nq, nk, r, b, nb=None):
   return idx.astype(np.int32), valid, q.astype(np.int32)
 
 
-def default_block(q_grid, radius):
+def default_block(q_grid, radius, k_grid=None):
   """Query box per block: big enough for dense matmuls, small enough to keep the halo cheap."""
   del radius
   tq, hq, wq = q_grid
+  # A key grid coarser by an integer factor s (CogView2's cross-level window): sides that are
+  # multiples of s keep each box's keys to ceil(b / s) + 2r per axis. Measured on XLA:CPU at
+  # 60x60 -> 20x20, radius 2: (1, 3, 9) runs the forward 1.5x and forward+backward 1.9x faster
+  # than (1, 4, 8).
+  scale = [q // k if k and q % k == 0 and q > k else 1 for q, k in zip(q_grid, k_grid or q_grid)]
   # Measured on XLA:CPU at 16x32x32, radius (1, 2, 2): 16-32 queries per box
   # beat 64+ (the halo grows faster than the per-box overheads shrink).
-  bw = min(wq, 8)
-  bh = min(hq, max(1, 32 // bw))
+  bw = min(wq, scale[2] * max(1, round(8 / scale[2])))
+  bh = min(hq, scale[1] * max(1, (32 // bw) // scale[1]))
   bt = min(tq, max(1, 32 // (bh * bw)))
   return bt, bh, bw
 
@@ -221,7 +226,7 @@ def _backward(plan, q, k, v, out, lse, dout):
 
 def _plan_for(q, k, radius, causal, block, chunk_tokens):
   q_grid, k_grid = tuple(q.shape[1:4]), tuple(k.shape[1:4])
-  block = block or default_block(q_grid, radius)
+  block = block or default_block(q_grid, radius, k_grid)
   return _Plan(q_grid, k_grid, tuple(radius), causal, tuple(block), chunk_tokens)
 
 
