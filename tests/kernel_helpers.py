@@ -38,3 +38,22 @@ def v5e_mesh(shape=(2, 2), axes=("data", "tensor")):
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   topology = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
   return Mesh(np.asarray(topology.devices).reshape(shape), axes)
+
+
+def assert_tpu_kernel_compiles(attend, shape, mesh=None):
+  """`attend(q, k, v)` on bf16 [B, T, H, W, heads, D] of `shape`, forward and backward inside
+  shard_map (batch over "data", heads over "tensor"), lowers to the TPU kernel's three custom
+  calls (forward, dQ, dK/dV) and compiles for a v5e slice."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = mesh or v5e_mesh()
+  spec = P("data", None, None, None, "tensor", None)
+  x = jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedSharding(mesh, spec))
+
+  def loss(q, k, v):
+    out = jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                        check_vma=False)(q, k, v)
+    return jnp.sum(out.astype(jnp.float32))
+
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
+  assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dQ, dK/dV
+  assert lowered.compile().memory_analysis() is not None

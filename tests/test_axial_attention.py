@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jzoo.kernels import _common
 from jzoo.kernels.axial_attention import reference, xla
@@ -15,7 +14,7 @@ from jzoo.kernels.axial_attention import axial_attention
 from jzoo.kernels.window_attention import reference as window_reference
 from jzoo.kernels.window_attention import window_attention
 from tests.kernel_helpers import random_qkv
-from tests.kernel_helpers import v5e_mesh
+from tests.kernel_helpers import assert_tpu_kernel_compiles
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -167,18 +166,8 @@ def test_pallas_tpu_compiles_ahead_of_time_for_v5e():
   """Lines through splash attention, forward and backward, inside shard_map, for a v5e slice."""
   if importlib.util.find_spec("jzoo.kernels.full_attention.pallas_tpu") is None:
     pytest.skip("jzoo.kernels.full_attention has no TPU kernel")
-  mesh = v5e_mesh((2, 2), ("data", "tensor"))
-  spec = P("data", None, None, None, "tensor", None)
-  x = jax.ShapeDtypeStruct((4, 4, 16, 16, 4, 128), jnp.bfloat16,
-                           sharding=NamedSharding(mesh, spec))
   for axis, causal in (("t", True), ("w", False)):
-    def loss(q, k, v, axis=axis, causal=causal):
-      attend = lambda q, k, v: axial_attention(q, k, v, axis=axis, causal=causal, impl="pallas",
-                                               platform="tpu")
-      out = jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
-                          check_vma=False)(q, k, v)
-      return jnp.sum(out.astype(jnp.float32))
-
-    lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
-    assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dQ, dK/dV
-    assert lowered.compile().memory_analysis() is not None
+    assert_tpu_kernel_compiles(
+        lambda q, k, v, axis=axis, causal=causal: axial_attention(
+            q, k, v, axis=axis, causal=causal, impl="pallas", platform="tpu"),
+        (4, 4, 16, 16, 4, 128))

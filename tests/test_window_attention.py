@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jzoo.kernels.window_attention import api, reference, xla
 from jzoo.kernels.window_attention import window_attention
 from tests.kernel_helpers import random_qkv
-from tests.kernel_helpers import v5e_mesh
+from tests.kernel_helpers import assert_tpu_kernel_compiles
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -163,19 +162,9 @@ def test_pallas_tpu_compiles_ahead_of_time_for_v5e():
   """Windows through splash attention, forward and backward, inside shard_map, for a v5e slice."""
   if importlib.util.find_spec("jzoo.kernels.full_attention.pallas_tpu") is None:
     pytest.skip("jzoo.kernels.full_attention has no TPU kernel")
-  mesh = v5e_mesh((2, 2), ("data", "tensor"))
-  spec = P("data", None, None, None, "tensor", None)
-  x = jax.ShapeDtypeStruct((4, 8, 16, 16, 4, 128), jnp.bfloat16,
-                           sharding=NamedSharding(mesh, spec))
   # Windows of 2 x 8 x 8 = 128 tokens, shifted (padded, with a key mask) and not.
   for shift, causal in (((1, 4, 4), True), ((0, 0, 0), False)):
-    def loss(q, k, v, shift=shift, causal=causal):
-      attend = lambda q, k, v: window_attention(q, k, v, window=(2, 8, 8), shift=shift,
-                                                causal=causal, impl="pallas", platform="tpu")
-      out = jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
-                          check_vma=False)(q, k, v)
-      return jnp.sum(out.astype(jnp.float32))
-
-    lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
-    assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dQ, dK/dV
-    assert lowered.compile().memory_analysis() is not None
+    assert_tpu_kernel_compiles(
+        lambda q, k, v, shift=shift, causal=causal: window_attention(
+            q, k, v, window=(2, 8, 8), shift=shift, causal=causal, impl="pallas", platform="tpu"),
+        (4, 8, 16, 16, 4, 128))
