@@ -57,3 +57,14 @@ def assert_tpu_kernel_compiles(attend, shape, mesh=None):
   lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(x, x, x)
   assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dQ, dK/dV
   assert lowered.compile().memory_analysis() is not None
+
+
+def assert_matches(fn, ref, q, k, v, cot, tol):
+  """`fn`'s output and (dq, dk, dv) equal `ref`'s within `tol` (absolute), shape and dtype kept."""
+  out, grads = value_and_grads(fn, q, k, v, cot)
+  want, want_grads = value_and_grads(ref, q, k, v, cot)
+  assert out.shape == q.shape and out.dtype == q.dtype
+  np.testing.assert_allclose(out, want, atol=tol, rtol=0)
+  for name, got, exp in zip("qkv", grads, want_grads):
+    assert np.isfinite(got).all(), f"d{name} not finite"
+    np.testing.assert_allclose(got, exp, atol=tol, rtol=0, err_msg=f"d{name}")

@@ -13,6 +13,7 @@ from jzoo.kernels.full_attention import api, masks, pallas_gpu, pallas_tpu, refe
 from jzoo.kernels.full_attention import attention_mask, full_attention
 from tests.kernel_helpers import random_qkv
 from tests.kernel_helpers import v5e_mesh
+from tests.kernel_helpers import assert_matches
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -40,13 +41,7 @@ def _masks(seed, b, lq, lk, kv_valid=False, q_valid=False, prefix=False):
 def _assert_matches_reference(fn, shape, opts, seed=0, tol=TOL):
   q, k, v, cot = _inputs(seed, *shape)
   ref = lambda q, k, v: reference.full_attention(q, k, v, **opts)
-  out, grads = _value_and_grads(fn, q, k, v, cot)
-  want, want_grads = _value_and_grads(ref, q, k, v, cot)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  np.testing.assert_allclose(out, want, atol=tol, rtol=0)
-  for name, got, exp in zip("qkv", grads, want_grads):
-    assert np.isfinite(got).all(), f"d{name} not finite"
-    np.testing.assert_allclose(got, exp, atol=tol, rtol=0, err_msg=f"d{name}")
+  assert_matches(fn, ref, q, k, v, cot, tol)
 
 
 def _numpy_mask(b, lq, lk, causal, q_valid, kv_valid, prefix):

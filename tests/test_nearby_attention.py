@@ -15,6 +15,7 @@ from jzoo.nn import sharded_attention as sharded
 from jzoo.nn.sharded_attention import sharded_nearby_attention
 from tests.kernel_helpers import random_qkv as _inputs
 from tests.kernel_helpers import v5e_mesh
+from tests.kernel_helpers import assert_matches
 from tests.kernel_helpers import value_and_grads as _value_and_grads
 
 TOL = 1e-5
@@ -23,12 +24,7 @@ TOL = 1e-5
 def _assert_matches_reference(fn, q_shape, k_shape, radius, causal, seed=0):
   q, k, v, cot = _inputs(seed, q_shape, k_shape)
   ref = lambda q, k, v: reference.nearby_attention(q, k, v, radius=radius, causal=causal)
-  out, grads = _value_and_grads(fn, q, k, v, cot)
-  want, want_grads = _value_and_grads(ref, q, k, v, cot)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  np.testing.assert_allclose(out, want, atol=TOL, rtol=0)
-  for name, got, exp in zip("qkv", grads, want_grads):
-    np.testing.assert_allclose(got, exp, atol=TOL, rtol=0, err_msg=f"d{name}")
+  assert_matches(fn, ref, q, k, v, cot, TOL)
 
 
 def _brute_force_mask(q_grid, k_grid, radius, causal):

@@ -12,7 +12,7 @@ from jzoo.kernels.window_attention import api, reference, xla
 from jzoo.kernels.window_attention import window_attention
 from tests.kernel_helpers import random_qkv
 from tests.kernel_helpers import assert_tpu_kernel_compiles
-from tests.kernel_helpers import value_and_grads as _value_and_grads
+from tests.kernel_helpers import assert_matches
 
 TOL = 1e-5
 HAS_FULL_ATTENTION = importlib.util.find_spec("jzoo.kernels.full_attention") is not None
@@ -28,12 +28,7 @@ def _assert_matches_reference(fn, shape, window, shift, causal, seed=0):
   q, k, v, cot = _inputs(seed, shape)
   ref = lambda q, k, v: reference.window_attention(q, k, v, window=window, shift=shift,
                                                    causal=causal)
-  out, grads = _value_and_grads(fn, q, k, v, cot)
-  want, want_grads = _value_and_grads(ref, q, k, v, cot)
-  assert out.shape == q.shape and out.dtype == q.dtype
-  np.testing.assert_allclose(out, want, atol=TOL, rtol=0)
-  for name, got, exp in zip("qkv", grads, want_grads):
-    np.testing.assert_allclose(got, exp, atol=TOL, rtol=0, err_msg=f"d{name}")
+  assert_matches(fn, ref, q, k, v, cot, TOL)
 
 
 def _brute_force_mask(grid, window, shift, causal):
