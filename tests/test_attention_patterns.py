@@ -216,23 +216,24 @@ def _perturbed(params, seed):
 
 
 def test_attention_block_masks_on_the_op_equal_the_dense_einsum():
-  """causal_mask and key padding run the op; the same masks in a form the op does not take run
-  `dot_product_attention` (the old path); in float32 on CPU the two agree bit for bit."""
+  """Key padding and the causal pattern run the op; the same masks in a form the op does not
+  take run `dot_product_attention` (the old path); in float32 on CPU the two agree bit for bit."""
   x, ctx = _normal(6, (2, 6, 16), (2, 5, 16))
   pad = jnp.asarray([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0]], bool)  # batch 1: all masked (CFG)
-  causal, dense_causal = transformer.causal_mask(6), jnp.asarray(transformer.causal_mask(6))
+  dense_causal = transformer.causal_mask(6)
   dense_pad = jnp.broadcast_to(pad[:, None, None, :], (2, 1, 6, 5))  # not [B, 1, 1, K]
   module = transformer.Attention(2, 8, null_kv=True)
   params = _perturbed(module.init(jax.random.key(0), x, ctx), 0)
   apply = jax.jit(module.apply)
-  for op_args, dense_args in [((x, ctx, pad[:, None, None, :]), (x, ctx, dense_pad)),
-                              ((x, None, causal), (x, None, dense_causal))]:
-    np.testing.assert_array_equal(apply(params, *op_args), apply(params, *dense_args))
+  np.testing.assert_array_equal(apply(params, x, ctx, pad[:, None, None, :]),
+                                apply(params, x, ctx, dense_pad))
+  causal = jax.jit(transformer.Attention(2, 8, null_kv=True, pattern=Full(True)).apply)
+  np.testing.assert_array_equal(causal(params, x), apply(params, x, None, dense_causal))
   module = transformer.Attention(2, 8)
   params = _perturbed(module.init(jax.random.key(0), x), 1)
-  apply = jax.jit(module.apply)
-  np.testing.assert_array_equal(apply(params, x, None, causal), apply(params, x, None,
-                                                                      dense_causal))
+  causal = jax.jit(transformer.Attention(2, 8, pattern=Full(True)).apply)
+  np.testing.assert_array_equal(causal(params, x), jax.jit(module.apply)(params, x, None,
+                                                                         dense_causal))
 
 
 def test_transformer_cycles_grid_patterns_over_flat_tokens():

@@ -11,10 +11,10 @@ deep stack starts as the identity. Attention logits and softmax run in float32.
 Self-attention runs `jzoo.nn.patterns.attention` with the block's `pattern`
 (Full by default; a tuple cycles per layer, e.g. GODIVA's axial t, h, w over
 flat tokens of `grid`); cross-attention is Full with key padding. The `mask`
-argument keeps its old form and is read as the op's masks: key padding
-(broadcast over heads and queries, [B, 1, 1, K]) becomes `kv_valid` and
-`causal_mask(L)` (a host constant, so it is recognised at trace time) a causal
-Full. Any other dense mask runs `dot_product_attention` as before. On CPU the
+argument keeps its old form: key padding (broadcast over heads and queries,
+[B, 1, 1, K]) becomes the op's `kv_valid`; any other dense mask runs
+`dot_product_attention` as before. Causal self-attention is the pattern
+`Full(causal=True)`, not a mask. On CPU the
 op's Full is `jax.nn.dot_product_attention`, which gives the same bits as
 `dot_product_attention` in float32 (rows with no visible key aside: zeros, not
 an average; the blocks' null key/value keeps every cross-attention row non-empty).
@@ -33,22 +33,17 @@ TOKENS = ("batch", "length", "embed")
 
 
 def causal_mask(length):
-  """[1, 1, L, L] bool: position i attends to positions <= i (numpy, so `Attention` can tell
-  it from other masks while tracing)."""
-  return np.tril(np.ones((length, length), bool))[None, None]
+  """[1, 1, L, L] bool: position i attends to positions <= i."""
+  return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 
-def _op_masks(mask, batch, q_len, k_len):
-  """The dense `mask` as (causal, kv_valid) of the op, or None when it is neither."""
+def _op_masks(mask, batch, k_len):
+  """The dense `mask` as (causal, kv_valid) of the op, or None when it is not key padding."""
   if mask is None:
     return False, None
   shape = (1,) * (4 - np.ndim(mask)) + np.shape(mask)
   if shape[1] == shape[2] == 1:  # key padding, the same for every head and query
     return False, jnp.broadcast_to(jnp.reshape(mask, (shape[0], shape[3])) != 0, (batch, k_len))
-  if (isinstance(mask, np.ndarray) and shape == (1, 1, q_len, k_len)
-      and np.array_equal(mask.reshape(q_len, k_len) != 0,
-                         np.tril(np.ones((q_len, k_len), bool), k_len - q_len))):
-    return True, None
   return None
 
 
@@ -76,7 +71,7 @@ class Attention(nn.Module):
     v = HeadsProjection(heads, d, self.dtype, name="value")(context)
     q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
     b = x.shape[0]
-    op = _op_masks(mask, b, q.shape[1], k.shape[1])
+    op = _op_masks(mask, b, k.shape[1])
     grid_pattern = not isinstance(self.pattern, patterns.Full)
     if grid_pattern and (mask is not None or self.null_kv):
       raise ValueError(f"{self.pattern} takes no mask and no null key/value")

@@ -45,7 +45,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jzoo.nn import layers
-from jzoo.nn.transformer import Transformer, causal_mask
+from jzoo.nn.patterns import Full
+from jzoo.nn.transformer import Transformer
 from jzoo.vq.quantizer import VectorQuantizer
 
 VIDEO_TOKENS = ("batch", "frames", "height", "width", "embed")
@@ -111,8 +112,9 @@ class CViViT(nn.Module):
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {p}")
     grid = (self.image_size // p) ** 2
     dense = lambda n, axes, name: layers.dense(n, axes, dtype=self.dtype, name=name)
-    stack = lambda n, name: Transformer(n, self.num_heads, self.head_dim, self.mlp_dim,
-                                        remat=self.remat, dtype=self.dtype, name=name)
+    stack = lambda n, name, causal=False: Transformer(
+        n, self.num_heads, self.head_dim, self.mlp_dim, remat=self.remat, dtype=self.dtype,
+        pattern=Full(causal), name=name)
 
     self.embed_image = dense(e, (None, "embed"), "embed_image")  # first frame: p x p patches
     self.embed_tubelet = dense(e, (None, "embed"), "embed_tubelet")  # tp x p x p tubelets
@@ -121,7 +123,7 @@ class CViViT(nn.Module):
     self.encoder_temporal_position = self.param("encoder_temporal_position", _position_init(),
                                                 (self.max_time_tokens, e), jnp.float32)
     self.encoder_spatial = stack(self.spatial_layers, "encoder_spatial")
-    self.encoder_temporal = stack(self.temporal_layers, "encoder_temporal")
+    self.encoder_temporal = stack(self.temporal_layers, "encoder_temporal", causal=True)
 
     self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim, e,
                                      commitment=self.commitment, ema_decay=self.codebook_ema,
@@ -131,7 +133,7 @@ class CViViT(nn.Module):
                                                 (self.max_time_tokens, e), jnp.float32)
     self.decoder_spatial_position = self.param("decoder_spatial_position", _position_init(),
                                                (grid, e), jnp.float32)
-    self.decoder_temporal = stack(self.temporal_layers, "decoder_temporal")
+    self.decoder_temporal = stack(self.temporal_layers, "decoder_temporal", causal=True)
     self.decoder_spatial = stack(self.spatial_layers, "decoder_spatial")
     self.unembed_image = dense(p * p * 3, ("embed", None), "unembed_image")
     self.unembed_tubelet = dense(tp * p * p * 3, ("embed", None), "unembed_tubelet")
@@ -170,7 +172,7 @@ class CViViT(nn.Module):
     b, t, h, w, e = x.shape
     x = x + position[:t].astype(x.dtype).reshape(1, t, 1, 1, e)
     x = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, e)
-    x = transformer(x, mask=causal_mask(t))
+    x = transformer(x)  # causal along time: the temporal stacks' pattern
     x = x.reshape(b, h, w, t, e).transpose(0, 3, 1, 2, 4)
     return nn.with_logical_constraint(x, VIDEO_TOKENS)
 
