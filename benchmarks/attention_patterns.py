@@ -21,14 +21,16 @@ masked attention over the flattened grid with the same mask) jitted and run one 
 (`lax.map`) so that its [N, N] logits fit in RAM (same FLOPs); `--baseline sdpa` is
 `jax.nn.dot_product_attention` with the mask instead (cuDNN on a GPU, the default there).
 
-Decode: jzoo has no pattern decode step yet (jzoo.nn's is being written), so this script times
-its own gather step (`_decode_fn`), to be replaced by jzoo.nn's when it lands: each new token's
-key/value is written into a flat [B, N, heads, D] cache, the keys of its window at or before it
-in raster order are gathered (the cross window: from the fixed 20x20 key/value grid) and one
-query attends to them; `--decode-tokens` consecutive tokens per jitted call (a `fori_loop`,
-cache donated, so nothing is copied per call). Beside it, for contrast, the same step attending
-all N cached keys under the pattern's mask (dense decode, an eighth as many tokens per call).
-Both are checked against the reference (causal) on small grids first.
+Decode: the self patterns (axial, local, window) decode through `jzoo.nn.patterns.decode_step`
+on a cache from `init_cache` (the causal pattern; what NUWA and Phenaki run): each new token's
+key/value is written into the [B, T, H, W, heads, D] cache and one query attends to its window,
+cut out with one dynamic slice. The cross window has no decode API in jzoo.nn.patterns (its
+keys are a fixed, fully known grid: nothing is written), so this script times its own gather
+step for it (`_decode_fn`): the window's keys gathered from the 20x20 key/value grid.
+`--decode-tokens` consecutive tokens per jitted call (a `fori_loop`, cache donated, so nothing is
+copied per call). Beside it, for contrast, the benchmark's step attending all N cached keys
+under the pattern's mask (dense decode, an eighth as many tokens per call). All are checked
+against the reference (causal) on small grids first.
 
 Timings are medians over the timed runs after one warm-up (compile), with
 `jax.block_until_ready`. All cases run round-robin, `--repeats` rounds, so that load from other
@@ -60,13 +62,15 @@ from jzoo.kernels.nearby_attention import _tiles
 from jzoo.kernels.nearby_attention import reference as nearby_reference
 from jzoo.kernels.window_attention import reference as window_reference
 from jzoo.kernels.window_attention import xla as window_xla
+from jzoo.nn import patterns as nn_patterns
 
 import _common  # benchmarks/_common.py: this script's folder is sys.path[0]
 
 TARGETS = dict(fwd_speedup=10.0, fwd_bwd_speedup=5.0, doubling_ratio=2.2, decode_flat=0.2,
                gpu_speedup_over_cudnn=5.0)
-DECODE_NOTE = ("the benchmark's own gather step (benchmarks/attention_patterns.py _decode_fn), "
-               "to be replaced by jzoo.nn's pattern decode step when it lands")
+DECODE_NOTE = ("jzoo.nn.patterns.decode_step (self patterns); the cross window, which "
+               "jzoo.nn.patterns has no decode API for: the benchmark's own gather step "
+               "(_decode_fn)")
 
 # --smoke: every case once at tiny grids (one axial axis).
 SMOKE = dict(axial_grid=(4, 4, 4), axial_axes=("t",), local_grid=(1, 6, 6),
@@ -123,11 +127,13 @@ class Pattern:
   [n_a] bool).
   `grow` lists the axes that 2x / 4x the tokens grow, alternately (the window spans no more
   keys); the key grid of a cross pattern grows with the query grid.
+  `decode` is the causal `jzoo.nn.patterns` pattern that decodes it (None: cross).
   """
 
-  def __init__(self, name, label, q_grid, k_grid, call, mask, box, causal, grow):
+  def __init__(self, name, label, q_grid, k_grid, call, mask, box, causal, grow, decode=None):
     self.name, self.label, self.q_grid, self.k_grid = name, label, tuple(q_grid), tuple(k_grid)
     self.call, self.mask, self.box, self.causal, self.grow = call, mask, box, causal, grow
+    self.decode = decode
     self.cross = name == "cross"  # keys from another grid: nothing written while decoding
 
   def grown(self, factor):
@@ -142,7 +148,7 @@ class Pattern:
   def at(self, q_grid, k_grid):
     """This pattern at other grids."""
     return Pattern(self.name, self.label, q_grid, k_grid, self.call, self.mask, self.box,
-                   self.causal, self.grow)
+                   self.causal, self.grow, self.decode)
 
 
 def _patterns(args):
@@ -160,7 +166,8 @@ def _patterns(args):
         lambda q, k, v, impl, axis=axis: axial_attention(q, k, v, axis=axis, causal=True,
                                                          impl=impl),
         lambda qg, kg, axis=axis: axial_reference.axial_mask(qg, axis, True),
-        lambda c, qg, kg, box=box: box(c, kg), True, (1,) if axis == "t" else (0,)))
+        lambda c, qg, kg, box=box: box(c, kg), True, (1,) if axis == "t" else (0,),
+        nn_patterns.Axial(axis, causal=True)))
 
   def nearby_box(radius):
     def box(c, qg, kg):
@@ -171,21 +178,22 @@ def _patterns(args):
       return tuple(axes)
     return box
 
-  def nearby_pattern(name, label, k_grid, radius, causal):
+  def nearby_pattern(name, label, k_grid, radius, causal, decode):
     radius = tuple(radius)
     return Pattern(
         name, label, args.local_grid, k_grid,
         lambda q, k, v, impl: nearby_attention(q, k, v, radius=radius, causal=causal, impl=impl),
         lambda qg, kg: nearby_reference.nearby_mask(qg, kg, radius, causal),
-        nearby_box(radius), causal, (2, 1))
+        nearby_box(radius), causal, (2, 1), decode)
 
   if "local" in args.patterns:
     out.append(nearby_pattern("local", f"nearby local r={tuple(args.radius)}"
                               + (", causal" if args.local_causal else ""),
-                              args.local_grid, args.radius, args.local_causal))
+                              args.local_grid, args.radius, args.local_causal,
+                              nn_patterns.Nearby(tuple(args.radius), causal=True)))
   if "cross" in args.patterns:
     out.append(nearby_pattern("cross", f"nearby cross r={tuple(args.cross_radius)}",
-                              args.cross_key_grid, args.cross_radius, False))
+                              args.cross_key_grid, args.cross_radius, False, None))
   if "window" in args.patterns:
     window, shift, causal = tuple(args.window), tuple(args.shift), args.window_causal
 
@@ -202,7 +210,7 @@ def _patterns(args):
         lambda q, k, v, impl: window_attention(q, k, v, window=window, shift=shift,
                                                causal=causal, impl=impl),
         lambda qg, kg: window_reference.window_mask(qg, window, shift, causal),
-        window_box, causal, (0,)))
+        window_box, causal, (0,), nn_patterns.Window(window, shift, causal=True)))
   return out
 
 
@@ -353,15 +361,20 @@ def _attend_box(q, keys, values, valid):
   return jnp.einsum("bhk,bkhd->bhd", weights, values)
 
 
+def _uses_decode_step(pattern, dense):
+  return pattern.decode is not None and not dense
+
+
 def _decode_fn(pattern, q_grid, k_grid, n_tokens, dense=False):
   """decode(cache_k, cache_v, qs, ks, vs, start) -> (cache_k, cache_v, outs).
 
   Tokens start .. start + n_tokens - 1 (raster order on the query grid), one at a time in a
-  `fori_loop`. Self patterns: the token's key/value [B, heads, D] goes into the flat cache
-  [B, N, heads, D] at its position, then the window's keys at or before it are gathered and
-  attended (the causal decode of the pattern). Cross: the cache is the fixed key/value grid, the
-  window is gathered from it and nothing is written. dense=True: attends all cached keys
-  with the window as a mask instead of gathering (O(N) per token).
+  `fori_loop`. Self patterns: `jzoo.nn.patterns.decode_step` of the causal pattern on its
+  [B, T, H, W, heads, D] cache (`_decode_args`), the op the models decode with. Cross (no
+  decode API in jzoo.nn.patterns: its keys are a fixed grid, nothing is written): this script's
+  gather step, the window's keys taken from the flat [B, N, heads, D] key/value grid.
+  dense=True (a contrast, this script's): the token's key/value goes into the flat cache and it
+  attends all cached keys with its causal window as a mask (O(N) per token).
   """
   n_keys = math.prod(k_grid)
 
@@ -369,6 +382,10 @@ def _decode_fn(pattern, q_grid, k_grid, n_tokens, dense=False):
     def body(i, carry):
       ck, cv, outs = carry
       pos = start + i
+      if _uses_decode_step(pattern, dense):
+        out, cache = nn_patterns.decode_step(pattern.decode, qs[i], ks[i], vs[i],
+                                             nn_patterns.Cache(ck, cv), pos)
+        return cache.k, cache.v, outs.at[i].set(out)
       if not pattern.cross:
         ck = jax.lax.dynamic_update_slice(ck, ks[i][:, None], (0, pos, 0, 0))
         cv = jax.lax.dynamic_update_slice(cv, vs[i][:, None], (0, pos, 0, 0))
@@ -386,16 +403,24 @@ def _decode_fn(pattern, q_grid, k_grid, n_tokens, dense=False):
   return decode
 
 
-def _decode_args(batch, heads, head_dim, dtype, k_grid, n_tokens, seed=1):
+def _cache_shape(pattern, dense, batch, heads, head_dim, k_grid):
+  """decode_step's cache is `init_cache`'s; the benchmark's own steps take it flat."""
+  if _uses_decode_step(pattern, dense):
+    return jax.eval_shape(lambda: nn_patterns.init_cache(
+        pattern.decode, batch, k_grid, heads, head_dim)).k.shape
+  return (batch, math.prod(k_grid), heads, head_dim)
+
+
+def _decode_args(pattern, dense, batch, heads, head_dim, dtype, k_grid, n_tokens, seed=1):
   keys = jax.random.split(jax.random.key(seed), 5)
-  cache = (batch, math.prod(k_grid), heads, head_dim)
+  cache = _cache_shape(pattern, dense, batch, heads, head_dim, k_grid)
   steps = (n_tokens, batch, heads, head_dim)
   return [jax.random.normal(keys[i], s, dtype) for i, s in
           enumerate((cache, cache, steps, steps, steps))]
 
 
 def _check_decode(pattern, dtype):
-  """The gather step's outputs (and the dense decode's) for every token of a small grid against
+  """The decode step's outputs (and the dense decode's) for every token of a small grid against
   impl="reference" (causal for self patterns); raises AssertionError if they differ."""
   q, k, v, _ = _inputs(1, 2, 8, dtype, pattern.q_grid, pattern.k_grid, seed=3)
   n = math.prod(pattern.q_grid)
@@ -404,15 +429,19 @@ def _check_decode(pattern, dtype):
   def errors(q, k, v):
     if pattern.cross:  # the cache is the key/value grid; nothing is written
       want = flat(pattern.call(q, k, v, "reference"))
-      cache, new = (flat(k), flat(v)), (q, q)
+      new = (q, q)
     else:  # the causal variant of the pattern, via its dense mask; the decode fills the cache
       mask = pattern.mask(pattern.q_grid, pattern.k_grid)
       mask &= jnp.tril(jnp.ones(mask.shape, bool))
       want = kernels_common.masked_attention(flat(q), flat(k), flat(v), mask)
-      cache, new = (jnp.zeros_like(flat(k)),) * 2, (k, v)
+      new = (k, v)
     steps = lambda x: jnp.moveaxis(flat(x), 1, 0)
     errs = []
     for dense in (False, True):
+      if pattern.cross:
+        cache = flat(k), flat(v)
+      else:
+        cache = (jnp.zeros(_cache_shape(pattern, dense, 1, 2, 8, pattern.k_grid), dtype),) * 2
       decode = _decode_fn(pattern, pattern.q_grid, pattern.k_grid, n, dense)
       _, _, outs = decode(*cache, steps(q), *(steps(x) for x in new), 0)
       errs.append(jnp.max(jnp.abs(jnp.moveaxis(outs, 0, 1) - want)))
@@ -530,7 +559,8 @@ def main():
           n_tok = max(1, min(n_tok, math.prod(p.q_grid) // 2))  # the same tokens at L and 4L
           start = math.prod(qg) // 2 - n_tok // 2
           fn = _decode_fn(p, qg, kg, n_tok, dense=dense_decode)
-          dargs = _decode_args(args.batch, args.heads, args.head_dim, dtype, kg, n_tok)
+          dargs = _decode_args(p, dense_decode, args.batch, args.heads, args.head_dim, dtype,
+                               kg, n_tok)
           what = f"{'dense ' if dense_decode else ''}decode/token, {factor}L"
           decode[(factor, dense_decode)] = fast_case(
               p.name, what, lambda *a, fn=fn: fn(*a), [*dargs, jnp.int32(start)],

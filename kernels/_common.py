@@ -74,15 +74,23 @@ def masked_attention(q, k, v, mask):
   """softmax(q k^T / sqrt(D), mask) v on [B, L, heads, D]; mask broadcasts to [B, heads, Lq, Lk].
 
   Float32 logits and softmax; rows with no visible key output zeros (finite fill, then the
-  probabilities are multiplied by the mask, so their gradients are zero too).
+  output row is multiplied by 0, so its gradients are zero too).
   """
   prec = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=prec,
+  # Heads-major operands and output: written as "bhqk,bkhd->bqhd", XLA:CPU emits probs @ v as
+  # the transposed product (v^T probs^T, [.., D, Lq]) at a third of the matmul rate, so the
+  # forward cost about as much as forward+backward, whose gradients never need that product.
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", heads_major(q), heads_major(k), precision=prec,
                       preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1) * mask
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=prec,
+  # An additive fill and zeroing the [.., Lq, D] output rows, rather than select and multiply
+  # on the [.., Lq, Lk] probabilities: XLA:CPU fuses the add into the logits (measured: window
+  # layout forward 1.3x faster).
+  probs = jax.nn.softmax(logits + jnp.where(mask, 0.0, -1e30), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), heads_major(v), precision=prec,
                    preferred_element_type=jnp.float32)
-  return out.astype(q.dtype)
+  out = out * jnp.any(mask, axis=-1, keepdims=True)
+  return heads_major(out).astype(q.dtype)
 
 
 def dense_attention(q, k, v, *, causal=False, kv_valid=None):

@@ -88,9 +88,11 @@ def test_xla_memory_is_linear_in_tokens(axis, grow):
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     return grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
 
-  small, big = temp_bytes(1), temp_bytes(4)  # 2048 and 8192 tokens
+  # 4096 and 16384 tokens: at 2048 XLA's buffer assignment finds a reuse it does not at larger
+  # sizes (axis t: 0.28 MB, then exactly 2x per doubling), which reads as 4.9x from there.
+  small, big = temp_bytes(2), temp_bytes(8)
   assert big < 4.5 * small, (small, big)
-  assert big < (4 * 8 * 16 * 16) ** 2 * 4 / 64  # 1/64 of one dense f32 logit matrix
+  assert big < (8 * 8 * 16 * 16) ** 2 * 4 / 64  # 1/64 of one dense f32 logit matrix
 
 
 @needs_full_attention
