@@ -27,6 +27,7 @@ from jzoo.data import shapes
 from jzoo.errors import UserError
 
 SPLITS = ("test", "compositional")
+UNCLIP_NUM = 100  # examples of unCLIP's embedding checks (the issue's "among 100 test images")
 
 
 def build_parser():
@@ -112,7 +113,7 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   """
   from jzoo.eval import alignment, frechet
   from jzoo.eval import report as report_lib
-  from jzoo.models.base import RECONSTRUCT
+  from jzoo.models.base import RECONSTRUCT, VARIATIONS
 
   model, params, name = pipe.model, pipe.params, name or pipe.name
   dataset = dataset_of(model)
@@ -157,6 +158,11 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
     # generator of tokens could reach through this tokenizer.
     report["tokenizer_accuracy"] = float(np.mean(
         [alignment.score(x, c)["correct"] for x, c in zip(recons, captions)]))
+  if model.can(VARIATIONS):  # unCLIP: what its CLIP image embeddings carry
+    count = min(UNCLIP_NUM, shapes.split_size(dataset, split) - first)
+    examples = [scene(dataset, split, first + i, output_shape) for i in range(count)]
+    report["unclip"] = unclip_metrics(model, params, [_real(dataset, e, output_shape) for e in examples],
+                                      [e["caption"] for e in examples], seed, batch_size)
   if fid_params is not None:
     from jzoo.eval import fid as fid_lib
     frames = lambda xs: np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in xs])
@@ -176,6 +182,52 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   if out_dir is not None:
     report["files"] = report_lib.write(out_dir, report, outputs, results)
   return report
+
+
+def unclip_metrics(model, params, real, captions, seed, batch_size):
+  """The two checks of unCLIP's embeddings, in the model's own CLIP image space, over real
+  renders and their captions (`UNCLIP_NUM` of the split from --first, whatever --num is):
+
+  variations_closer_to_source: over pairs (i, j != i), the fraction where the variation of real
+    image i is more similar to image i than to image j (variations_nearest_source: the fraction
+    whose most similar real image is their source);
+  prior_retrieval: the fraction of captions whose prior embedding (sampled as generation does)
+    has as its nearest real image embedding one with the same caption."""
+  import jax
+  import jax.numpy as jnp
+  from jzoo.models.base import Request
+  from jzoo.text.tokenizer import Tokenizer
+  tokenizer = Tokenizer.load(model.config.text.tokenizer)
+  gen = jax.jit(model.generate)
+  embed = jax.jit(model.image_embedding)
+  prior = jax.jit(model.sample_prior)
+  clip_params = params["clip"]
+  key = jax.random.PRNGKey(seed)
+  variations, sources, priors = [], [], []
+  for b, start in enumerate(range(0, len(real), batch_size)):
+    chunk = real[start:start + batch_size]
+    n = len(chunk)
+    padded = list(chunk) + [chunk[-1]] * (batch_size - n)  # one shape: no recompilation
+    pixels = jnp.asarray(np.stack(padded), jnp.float32) / 127.5 - 1.0
+    caps = list(captions[start:start + batch_size])
+    tokens, mask = tokenizer.encode_batch(caps + [caps[-1]] * (batch_size - n), model.text_length)
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    rng = jax.random.fold_in(key, b)
+    out = gen(params, Request(tokens=tokens, mask=mask, extra={"images": pixels}), rng)
+    variations.append(np.asarray(embed(clip_params, jnp.asarray(out, jnp.float32) / 127.5 - 1))[:n])
+    sources.append(np.asarray(embed(clip_params, pixels))[:n])
+    priors.append(np.asarray(prior(params, tokens, mask, rng))[:n])
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  v, s, p = (unit(np.concatenate(x)) for x in (variations, sources, priors))
+  sim = v @ s.T
+  n = len(sim)
+  closer = (np.diag(sim)[:, None] > sim) & ~np.eye(n, dtype=bool)
+  nearest = np.argmax(p @ s.T, axis=1)
+  return dict(
+      num=n,
+      variations_closer_to_source=float(closer.sum() / max(n * (n - 1), 1)),
+      variations_nearest_source=float(np.mean(np.argmax(sim, axis=1) == np.arange(n))),
+      prior_retrieval=float(np.mean([captions[j] == captions[i] for i, j in enumerate(nearest)])))
 
 
 def reconstruction_psnr(model, params, real, batch_size):
@@ -207,6 +259,11 @@ def headline(report):
   for key, label in (("fid", "FID"), ("clip_score", "CLIP score")):
     if report.get(key) is not None:
       parts.append(f"{label} {report[key]:.2f}")
+  if report.get("unclip") is not None:
+    u = report["unclip"]
+    parts.append(f"variations closer to their source {u['variations_closer_to_source']:.3f} "
+                 f"(nearest {u['variations_nearest_source']:.3f}), prior retrieval "
+                 f"{u['prior_retrieval']:.3f} (of {u['num']})")
   if report.get("tokenizer_psnr") is not None:
     parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB, accuracy of its round trips "
                  f"{report['tokenizer_accuracy']:.3f}")

@@ -106,6 +106,60 @@ class Pipeline:
     return np.stack(outputs)
 
 
+  # --- image-conditioned tasks (unCLIP): uint8 [H, W, 3] images in, uint8 images out ------------
+  def variations(self, image, *, num=1, seed=0, steps=None, guidance=None):
+    """`num` new images decoded from `image`'s CLIP image embedding."""
+    self.model.require(base.VARIATIONS, self.name)
+    return self._from_images(num * [{}], image, seed, steps, guidance)
+
+  def interpolate(self, image, image_b, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), *, seed=0,
+                  steps=None, guidance=None):
+    """One image per alpha along the spherical path between the two images' embeddings (the
+    same noise for every alpha, as the paper's figures use)."""
+    self.model.require(base.INTERPOLATION, self.name)
+    b = _pixels(image_b, self.model)
+    return self._from_images([{"images_b": b, "alpha": np.float32(a)} for a in alphas], image, seed, steps,
+                             guidance, same_noise=True)
+
+  def edit(self, image, source, target, alphas=(0.25, 0.5), *, seed=0, steps=None,
+           guidance=None):
+    """Text-diff edits: `image` moved from caption `source` towards `target` by each alpha."""
+    self.model.require(base.INTERPOLATION, self.name)
+    self.check_prompts([source, target])
+    tokens, mask = self.tokenizer.encode_batch([target], self.model.text_length)
+    return self._from_images([{"edit_tokens": tokens[0], "edit_mask": mask[0],
+                               "alpha": np.float32(a)}
+                              for a in alphas], image, seed, steps, guidance, prompt=source,
+                             same_noise=True)
+
+  def _from_images(self, rows, image, seed, steps, guidance, prompt=None, same_noise=False):
+    """One generate call over `rows` (per-row extras), each also given `image`."""
+    model = self.model
+    pixels = _pixels(image, model)
+    tokens, mask = self.tokenizer.encode_batch([prompt or self.default_prompt] * len(rows),
+                                               model.text_length)
+    extra = {"images": jnp.broadcast_to(pixels, (len(rows), *pixels.shape))}
+    extra.update({key: jnp.stack([jnp.asarray(r[key]) for r in rows]) for key in rows[0]})
+    if same_noise:  # every row starts from the same noise: the rows differ by their inputs only
+      extra["same_noise"] = jnp.ones((len(rows),), jnp.float32)
+    options = model.default_request_options()
+    request = base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask),
+                           steps=jnp.int32(options["steps"] if steps is None else steps),
+                           guidance=jnp.float32(options["guidance"] if guidance is None
+                                                else guidance), extra=extra)
+    gen = _jitted_generate(compiler.ynn_fusions_of(model.config))
+    return np.asarray(gen(model, self.params, request, jax.random.PRNGKey(seed)))
+
+
+def _pixels(image, model):
+  """uint8 [H, W, 3] -> float [H, W, 3] in [-1, 1]; a one-line UserError for anything else."""
+  from jzoo.errors import UserError
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise UserError(f"an image must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+  return jnp.asarray(image, jnp.float32) / 127.5 - 1.0
+
+
 def out_of_grammar(model, prompt):
   """Why `prompt` is outside the caption grammar the model was trained on, or None (also for a
   model trained on other captions)."""

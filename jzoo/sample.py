@@ -7,6 +7,10 @@
   python -m jzoo.sample --model phenaki-tiny-shapes --prompt "a red circle moving right" --prompt "a red circle moving down"
                                                           # story mode: one video, two segments
   python -m jzoo.sample --model phenaki-tiny-shapes --start first.png --prompt "..."  # image-to-video
+  python -m jzoo.sample --model dalle2-tiny-shapes --image in.png --num 4      # image variations
+  python -m jzoo.sample --model dalle2-tiny-shapes --image a.png --image2 b.png  # interpolation
+  python -m jzoo.sample --model dalle2-tiny-shapes --image in.png --prompt "a red circle ..." \
+      --edit "a blue circle ..." --alpha 0.5                  # text-diff edit of the image
   python -m jzoo.sample --list
   python -m jzoo.sample --model phenaki-tiny-shapes --config.sample.candidates=1  # any sample.* setting
 """
@@ -38,6 +42,15 @@ def build_parser():
   p.add_argument("--start", default=None,
                  help="video models: a PNG (image-to-video) or GIF (continuation) whose frames "
                       "start every video")
+  p.add_argument("--image", default=None,
+                 help="image models with variations (unCLIP): a PNG whose variations to make")
+  p.add_argument("--image2", default=None,
+                 help="with --image: a second PNG; interpolate between the two images")
+  p.add_argument("--edit", default=None,
+                 help="with --image and --prompt (its caption): a caption to move the image towards")
+  p.add_argument("--alpha", type=float, action="append", default=None,
+                 help="interpolation/edit amount in [0, 1]; repeat for several (default: "
+                      "0, .25, .5, .75, 1 for --image2; .25, .5 for --edit)")
   p.add_argument("--checkpoint", default=None, help="model directory written by python -m jzoo.train, or a folder "
                  "written by python -m jzoo.export")
   p.add_argument("--format", choices=("png", "gif", "mp4"), default=None,
@@ -135,6 +148,11 @@ def main(argv=None):
     raise UserError(f"{name} makes images; use --format png")
   if model.makes_video and ext == "png":
     raise UserError(f"{name} makes videos; use --format gif or --format mp4")
+  if args.image is not None:
+    return _image_task(args, pipe, ext)
+  for flag in ("image2", "edit", "alpha"):
+    if getattr(args, flag) is not None:
+      raise UserError(f"--{flag} needs --image")
   start = None
   if args.start is not None:
     from jzoo.io import read_frames
@@ -148,6 +166,47 @@ def main(argv=None):
   for path, x in zip(paths, outputs):
     write_media(path, x, ext)
     print(path)
+
+
+def _image_task(args, pipe, ext):
+  """--image: variations; with --image2 interpolation; with --edit a text-diff edit."""
+  from jzoo.io import read_frames, write_media
+  if args.image2 is not None and args.edit is not None:
+    raise UserError("give --image2 (interpolation) or --edit (a text-diff edit), not both")
+  for a in args.alpha or ():
+    if not 0.0 <= a <= 1.0:
+      raise UserError(f"--alpha must be in [0, 1], got {a}")
+  image = _read_image(args.image, read_frames)
+  options = dict(seed=args.seed, steps=args.steps, guidance=args.guidance)
+  if args.image2 is not None:
+    outputs = pipe.interpolate(image, _read_image(args.image2, read_frames),
+                               args.alpha or (0.0, 0.25, 0.5, 0.75, 1.0), **options)
+  elif args.edit is not None:
+    if not args.prompt or len(args.prompt) != 1:
+      raise UserError("--edit needs one --prompt: the caption of --image")
+    outputs = pipe.edit(image, args.prompt[0], args.edit, args.alpha or (0.25, 0.5), **options)
+  else:
+    if args.alpha is not None:
+      raise UserError("--alpha needs --image2 or --edit")
+    outputs = pipe.variations(image, num=args.num, **options)
+  several = len(outputs) > 1
+  stem = args.out or os.path.join("samples", f"{pipe.name}-{args.seed}" + ("" if several else ".png"))
+  paths = ([os.path.join(stem, f"{i:04d}.png") for i in range(len(outputs))] if several
+           else [stem])
+  _check_writable(os.path.dirname(os.path.abspath(paths[0])))
+  for path, x in zip(paths, outputs):
+    write_media(path, x, ext)
+    print(path)
+
+
+def _read_image(path, read_frames):
+  """One RGB uint8 image [H, W, 3] from a file; a one-line UserError otherwise."""
+  if not os.path.isfile(path):
+    raise UserError(f"--image {path!r} does not exist")
+  frames = read_frames(path)
+  if len(frames) != 1:
+    raise UserError(f"--image {path!r} has {len(frames)} frames; give a still image (PNG)")
+  return frames[0]
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_num_makes_a_directory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--model", "nosuch"], "unknown model 'nosuch'; choose one of: imagen-micro"),
+    (["--model", "nosuch"], "unknown model 'nosuch'; choose one of: "),
     (MICRO + ["--prompt", "  "], "empty prompt"),
     (MICRO + ["--prompt", "a small red circle " * 20], "tokens (with eos); this model takes at most 16"),
     (MICRO + ["--prompts-file", "/nonexistent/p.txt"], "prompts file '/nonexistent/p.txt' does not exist"),
@@ -117,3 +117,51 @@ def test_module_entry_point_exit_code():
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       result.stderr.strip()] and "unknown model" in result.stderr
+
+
+# --- image-conditioned tasks (unCLIP) ----------------------------------------------------------
+DALLE2 = ["--model", "dalle2-micro", "--random-weights", "--steps", "2"]
+
+
+@pytest.fixture
+def square_png(tmp_path):
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[8:20, 10:22] = (200, 30, 30)
+  path = tmp_path / "in.png"
+  Image.fromarray(image).save(path)
+  return str(path)
+
+
+def test_image_variations_write_one_png_each(tmp_path, square_png, capsys):
+  out_dir = tmp_path / "variations"
+  code, out, err = run_main(DALLE2 + ["--image", square_png, "--num", "2", "--out", str(out_dir)],
+                            capsys)
+  assert code == 0, err
+  assert out.split() == [str(out_dir / "0000.png"), str(out_dir / "0001.png")]
+  a, b = (np.asarray(Image.open(out_dir / f)) for f in ("0000.png", "0001.png"))
+  assert a.shape == (32, 32, 3) and np.any(a != b)  # two draws, not one image twice
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--image", "/nonexistent/in.png"], "--image '/nonexistent/in.png' does not exist"),
+    (["--image", "NOT_AN_IMAGE"], "as an image or GIF"),
+    (["--image2", "SQUARE"], "--image2 needs --image"),
+    (["--alpha", "0.5"], "--alpha needs --image"),
+    (["--image", "SQUARE", "--alpha", "1.5", "--image2", "SQUARE"], "--alpha must be in [0, 1]"),
+    (["--image", "SQUARE", "--image2", "SQUARE", "--edit", "a red circle"], "not both"),
+    (["--image", "SQUARE", "--edit", "a red circle"], "--edit needs one --prompt"),
+    (["--image", "SQUARE", "--alpha", "0.5"], "--alpha needs --image2 or --edit"),
+])
+def test_image_task_bad_input_is_one_line_and_exit_2(extra, message, tmp_path, square_png, capsys):
+  junk = tmp_path / "junk.png"
+  junk.write_text("not a png")
+  extra = [square_png if a == "SQUARE" else str(junk) if a == "NOT_AN_IMAGE" else a for a in extra]
+  code, out, err = run_main(DALLE2 + extra, capsys)
+  assert code == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], err
+
+
+def test_image_tasks_need_a_model_that_has_them(square_png, capsys):
+  code, out, err = run_main(MICRO + ["--image", square_png], capsys)
+  assert code == 2 and "cannot do image-variations" in err, err

@@ -60,6 +60,12 @@ class EfficientUNet(nn.Module):
   # order reaches it only through the text encoder's contextual outputs.
   text_positions: bool = False
   emb_dim: int = 0  # conditioning embedding width; 0 = 4 * channels
+  # False: no text input at all (unCLIP's upsamplers); `text`/`text_mask` are then ignored.
+  text_conditioning: bool = True
+  # unCLIP's decoder (Ramesh et al. 2022, section 2.1): the CLIP image embedding `image_embed`
+  # [B, E] is projected to this many extra context tokens, placed before the text's, and added
+  # to the conditioning embedding. 0: no image embedding.
+  image_embed_tokens: int = 0
   dropout: float = 0.0
   norm_groups: int = 32
   mid_block: bool = True  # a ResBlock-attention-ResBlock at the lowest resolution
@@ -87,7 +93,7 @@ class EfficientUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, logsnr, text, text_mask, low_res=None, aug_logsnr=None,
-               deterministic=True):
+               deterministic=True, image_embed=None):
     self._check()
     dtype = self.dtype
     emb_dim = self.emb_dim or 4 * self.channels
@@ -106,15 +112,27 @@ class EfficientUNet(nn.Module):
                                 name=f"{prefix}_cross_attn")(h, context, text_mask)
       return h
 
-    # Conditioning: noise level, pooled text and (SR) augmentation level share one embedding.
+    # Conditioning: noise level, pooled text, (unCLIP) image embedding and (SR) augmentation
+    # level share one embedding.
     emb = NoiseLevelEmbedding(emb_dim, dtype=dtype, name="time_embed")(logsnr)
-    context = layers.LayerNorm(dtype, name="text_norm")(text)
-    context = layers.dense(self.text_dim, ("embed", "mlp"), dtype=dtype, name="text_proj")(context)
-    if self.text_positions:
-      context = layers.add_text_positions(self, context)
-    context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
-    pooled = masked_mean(context, text_mask).astype(dtype)
-    emb = emb + layers.dense(emb_dim, ("embed", "mlp"), dtype=dtype, name="text_pool")(pooled)
+    context = None
+    if self.text_conditioning:
+      context = layers.LayerNorm(dtype, name="text_norm")(text)
+      context = layers.dense(self.text_dim, ("embed", "mlp"), dtype=dtype,
+                             name="text_proj")(context)
+      if self.text_positions:
+        context = layers.add_text_positions(self, context)
+      context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
+      pooled = masked_mean(context, text_mask).astype(dtype)
+      emb = emb + layers.dense(emb_dim, ("embed", "mlp"), dtype=dtype, name="text_pool")(pooled)
+    if self.image_embed_tokens:
+      if image_embed is None:
+        raise ValueError("this U-Net has image_embed_tokens: pass image_embed [B, E]")
+      context, text_mask = self._image_embed_context(image_embed, context, text_mask)
+      emb = emb + layers.dense(emb_dim, ("embed", "mlp"), dtype=dtype,
+                               name="image_embed_time")(image_embed.astype(dtype))
+    if context is None and any(self.cross_attention):
+      raise ValueError("cross_attention needs text_conditioning or image_embed_tokens")
     if self.super_resolution:
       if low_res is None or aug_logsnr is None:
         raise ValueError("a super-resolution U-Net needs low_res and aug_logsnr")
@@ -131,6 +149,18 @@ class EfficientUNet(nn.Module):
     out = layers.conv(self.out_channels, 3, dtype=dtype, init_scale=0.0, out_axis=None,
                       name="conv_out")(h)
     return out.astype(jnp.float32)
+
+  def _image_embed_context(self, image_embed, context, mask):
+    """[image tokens; text tokens] and their mask: the image tokens are always attended."""
+    b, n = image_embed.shape[0], self.image_embed_tokens
+    tokens = layers.dense(n * self.text_dim, ("embed", "mlp"), dtype=self.dtype,
+                          name="image_embed_tokens")(image_embed.astype(self.dtype))
+    tokens = tokens.reshape(b, n, self.text_dim)
+    ones = jnp.ones((b, n), jnp.int32)
+    if context is None:
+      return tokens, ones
+    return (jnp.concatenate([tokens, context.astype(tokens.dtype)], axis=1),
+            jnp.concatenate([ones, mask.astype(jnp.int32)], axis=1))
 
   def _mid(self, h, widths, res_block, attend):
     if self.mid_block:

@@ -616,9 +616,10 @@ class CLIPTextEncoder(TextEncoder):
   frozen = True
   tokenizer = CLIP_BPE
 
-  def __init__(self, model_or_config):
+  def __init__(self, model_or_config, tokenizer=CLIP_BPE):
     self.model = _clip_model(model_or_config)
     self.width = self.model.config.text.hidden_size
+    self.tokenizer = tokenizer  # SENTENCEPIECE for a CLIP trained on the zoo's captions
 
   @property
   def pooled_width(self):
