@@ -243,6 +243,52 @@ nuwa = [
         "                    titles=[f'frame {i}' for i in range(min(t, query[0] + 2))], width=96)"),
 ]
 
+dalle2 = [
+    new_markdown_cell(
+        "# DALL-E 2 (unCLIP) in jzoo\n\n"
+        "Text to image through CLIP's image embedding (Ramesh et al. 2022): a diffusion prior "
+        "turns a caption into a CLIP image embedding, a decoder turns the embedding into an "
+        "image, an upsampler enlarges it. Because the decoder only needs an embedding, an image "
+        "can be varied (its own embedding, new noise), two images can be blended (a spherical "
+        "path between their embeddings) and an image can be edited towards another caption (the "
+        "text-diff: its embedding moved along the difference of the captions' embeddings)."),
+    INSTALL_NOTE,
+    INSTALL,
+    SETUP,
+    new_code_cell(
+        "name = 'dalle2-tiny-shapes'\n"
+        "bundled = name in registry.MODELS and registry.get_entry(name).bundled\n"
+        "if not bundled or FAST:  # no bundled weights yet, or CI: a random micro model\n"
+        "    name = 'dalle2-micro'\n"
+        "pipe = jzoo.load(name, random_weights=not registry.get_entry(name).bundled)\n"
+        "model, params = pipe.model, pipe.params\n"
+        "steps = 2 if FAST else None\n"
+        "print(name, model.stages, model.output_shape)"),
+    new_markdown_cell("## Text to image\n\nPrompts follow the `shapes` captions."),
+    new_code_cell(
+        "prompts = ['a red circle', 'a blue square above a green triangle']\n"
+        "images = pipe(prompts, seed=0, steps=steps)\n"
+        "mediapy.show_images(list(images), titles=prompts, width=128)"),
+    new_markdown_cell("## Variations\n\nA `shapes` test image, and new images decoded from its "
+                      "CLIP image embedding."),
+    new_code_cell(
+        "from jzoo.data import shapes\n"
+        "S = model.output_shape[0]\n"
+        "a, b = (shapes.image_example('test', i, S) for i in (0, 1))\n"
+        "variations = pipe.variations(a['image'], num=3, seed=0, steps=steps)\n"
+        "mediapy.show_images([a['image'], *variations], titles=[a['caption'][:24], 'variation', 'variation', 'variation'], width=128)"),
+    new_markdown_cell("## Interpolation\n\nThe same noise along the path between two images' "
+                      "embeddings."),
+    new_code_cell(
+        "path = pipe.interpolate(a['image'], b['image'], alphas=(0.0, 0.5, 1.0), seed=0, steps=steps)\n"
+        "mediapy.show_images(list(path), titles=['alpha 0', 'alpha 0.5', 'alpha 1'], width=128)"),
+    new_markdown_cell("## A text-diff edit\n\nImage `a` moved from its caption towards another."),
+    new_code_cell(
+        "target = 'a yellow circle'\n"
+        "edits = pipe.edit(a['image'], a['caption'], target, alphas=(0.25, 0.5), seed=0, steps=steps)\n"
+        "mediapy.show_images([a['image'], *edits], titles=[a['caption'][:24], 'alpha 0.25', 'alpha 0.5'], width=128)"),
+]
+
 
 def write(name, cells):
   # Cell ids by position (nbformat draws random ones), so regenerating changes only what changed.
@@ -260,3 +306,4 @@ write("quickstart", quickstart)
 write("imagen", imagen)
 write("phenaki", phenaki)
 write("nuwa", nuwa)
+write("dalle2", dalle2)
