@@ -161,7 +161,8 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   if model.can(VARIATIONS):  # unCLIP: what its CLIP image embeddings carry
     count = min(UNCLIP_NUM, shapes.split_size(dataset, split) - first)
     examples = [scene(dataset, split, first + i, output_shape) for i in range(count)]
-    report["unclip"] = unclip_metrics(model, params, [_real(dataset, e, output_shape) for e in examples],
+    report["unclip"] = unclip_metrics(model, params, pipe.tokenizer,
+                                      [_real(dataset, e, output_shape) for e in examples],
                                       [e["caption"] for e in examples], seed, batch_size)
   if fid_params is not None:
     from jzoo.eval import fid as fid_lib
@@ -184,9 +185,10 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   return report
 
 
-def unclip_metrics(model, params, real, captions, seed, batch_size):
+def unclip_metrics(model, params, tokenizer, real, captions, seed, batch_size):
   """The two checks of unCLIP's embeddings, in the model's own CLIP image space, over real
-  renders and their captions (`UNCLIP_NUM` of the split from --first, whatever --num is):
+  renders and their captions (`UNCLIP_NUM` of the split from --first, whatever --num is),
+  tokenized by the pipeline's own tokenizer:
 
   variations_closer_to_source: over pairs (i, j != i), the fraction where the variation of real
     image i is more similar to image i than to image j (variations_nearest_source: the fraction
@@ -196,8 +198,6 @@ def unclip_metrics(model, params, real, captions, seed, batch_size):
   import jax
   import jax.numpy as jnp
   from jzoo.models.base import Request
-  from jzoo.text.tokenizer import Tokenizer
-  tokenizer = Tokenizer.load(model.config.text.tokenizer)
   gen = jax.jit(model.generate)
   embed = jax.jit(model.image_embedding)
   prior = jax.jit(model.sample_prior)
