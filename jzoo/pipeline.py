@@ -142,13 +142,18 @@ class Pipeline:
     extra.update({key: jnp.stack([jnp.asarray(r[key]) for r in rows]) for key in rows[0]})
     if same_noise:  # every row starts from the same noise: the rows differ by their inputs only
       extra["same_noise"] = jnp.ones((len(rows),), jnp.float32)
-    options = model.default_request_options()
-    request = base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask),
-                           steps=jnp.int32(options["steps"] if steps is None else steps),
-                           guidance=jnp.float32(options["guidance"] if guidance is None
-                                                else guidance), extra=extra)
+    steps, guidance = _sampler_settings(model, steps, guidance)
+    request = base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=steps,
+                           guidance=guidance, extra=extra)
     gen = _jitted_generate(compiler.ynn_fusions_of(model.config))
     return np.asarray(gen(model, self.params, request, jax.random.PRNGKey(seed)))
+
+
+def _sampler_settings(model, steps, guidance):
+  """A request's traced steps and guidance: the given ones, else the model's defaults."""
+  options = model.default_request_options()
+  return (jnp.int32(options["steps"] if steps is None else steps),
+          jnp.float32(options["guidance"] if guidance is None else guidance))
 
 
 def _pixels(image, model):
@@ -265,9 +270,7 @@ def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None
     model.check_start_frames(np.shape(start))
   tokenizer = tokenizer or Tokenizer.load(model.config.text.tokenizer)
   base.check_prompts(prompts, model.text_length, tokenizer)
-  options = model.default_request_options()
-  steps = options["steps"] if steps is None else steps
-  guidance = options["guidance"] if guidance is None else guidance
+  steps, guidance = _sampler_settings(model, steps, guidance)
   gen = functools.partial(_jitted_generate(compiler.ynn_fusions_of(model.config)), model)
   key = jax.random.PRNGKey(seed)
   start_frames = None if start is None else jnp.asarray(start, jnp.float32)[None] / 127.5 - 1.0
@@ -276,8 +279,8 @@ def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None
     if start_frames is not None:
       extra = dict(extra, frames=jnp.broadcast_to(start_frames,
                                                   (len(tokens), *start_frames.shape[1:])))
-    return base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=jnp.int32(steps),
-                        guidance=jnp.float32(guidance), extra=extra)
+    return base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=steps,
+                        guidance=guidance, extra=extra)
 
   if story:
     tokens, mask = tokenizer.encode_batch(prompts, model.text_length)
