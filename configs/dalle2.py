@@ -148,9 +148,11 @@ def get_config(arg=None):
     c.prior = _prior(4, 4, 32, _train(4000, 128, 5e-4, 200))
     c.stages = ml_collections.ConfigDict(dict(
         decoder=_decoder(32, 32, (1, 2, 4), (1, 2, 2), (False, True, True), (False, True, True),
-                         _train(6000, 32, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8),
+                         _train(6000, 32, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8,
+                         parameterization="v"),
         sr=_upsampler(64, 16, (1, 2, 4), (1, 1, 2), (False, False, False),
-                      _train(2000, 16, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8),
+                      _train(2000, 16, 1e-3, 200), head_dim=32, text_dim=128, norm_groups=8,
+                      parameterization="v"),
     ))
     c.sample = _sample(steps=20, guidance=3.0, sr_steps=8)
 

@@ -37,6 +37,8 @@ MODELS = {e.name: e for e in [
     Entry("nuwa-tiny-shapes", "nuwa:tiny_shapes",
           "NUWA (VQ-GAN + 3D Nearby Attention encoder-decoder) on moving_shapes, 16 frames at 32px"),
     Entry("nuwa-micro", "nuwa:micro", "NUWA micro model for tests and smoke runs"),
+    Entry("dalle2-tiny-shapes", "dalle2:tiny_shapes",
+          "DALL-E 2 (unCLIP: CLIP + diffusion prior + 32px decoder + 64px upsampler) on shapes"),
     Entry("dalle2-micro", "dalle2:micro", "DALL-E 2 (unCLIP) micro model for tests and smoke runs"),
 ]}
 

@@ -329,3 +329,48 @@ def test_interpolation_ends_are_the_two_images_embeddings(model, params):
 def test_micro_pipeline_trains_on_8_fake_devices(tmp_path):
   train_micro_stages("dalle2", ("clip", "prior", "decoder", "sr"), str(tmp_path), 3,
                      decreasing=False)
+
+
+class _ColourModel:
+  """A stand-in with exact answers for evaluate.unclip_metrics: an image's embedding is its
+  mean colour, a variation of a red image is green (every other image is its own variation),
+  and the prior always returns red's embedding."""
+  text_length = 1
+
+  @staticmethod
+  def image_embedding(clip_params, images):
+    return jnp.mean(images + 1.0, axis=(1, 2))
+
+  @staticmethod
+  def generate(params, request, rng):
+    x = request.extra["images"]
+    red = (x[:, :1, :1, 0] > 0) & (x[:, :1, :1, 1] < 0)
+    green = jnp.broadcast_to(jnp.array([-1.0, 1.0, -1.0]), x.shape)
+    return ((jnp.where(red[..., None], green, x) + 1.0) * 127.5).round().astype(jnp.uint8)
+
+  @staticmethod
+  def sample_prior(params, tokens, mask, rng):
+    return jnp.tile(jnp.array([[2.0, 0.0, 0.0]]), (tokens.shape[0], 1))
+
+
+class _IndexTokenizer:
+  @staticmethod
+  def encode_batch(captions, length):
+    return np.zeros((len(captions), length), np.int32), np.ones((len(captions), length), np.int32)
+
+
+def test_unclip_metrics_exact_answers():
+  from jzoo import evaluate
+  colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+  real = [np.full((4, 4, 3), c, np.uint8) for c in colours.values()]
+  captions = ["red", "green", "blue", "red"]  # the yellow image is captioned "red"
+  # batch 3 over 4 images: the padded last batch must not change the answer.
+  m = evaluate.unclip_metrics(_ColourModel(), {"clip": {}}, _IndexTokenizer(), real, captions,
+                              seed=0, batch_size=3)
+  # The red image's variation (green) is less similar to red (cos 0) than to green (1) and
+  # yellow (0.71); green, blue and yellow beat all three others: 9 of 12 ordered pairs.
+  assert m["num"] == 4
+  assert m["variations_closer_to_source"] == pytest.approx(9 / 12)
+  assert m["variations_nearest_source"] == pytest.approx(3 / 4)
+  # The prior's red is nearest the red image for every caption: right for the two "red" ones.
+  assert m["prior_retrieval"] == pytest.approx(2 / 4)

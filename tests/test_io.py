@@ -79,3 +79,12 @@ def test_tree_files_roundtrip_and_float16_storage(tmp_path):
   assert half["a"]["kernel"].dtype == np.float32 and half["steps"].dtype == np.int32
   np.testing.assert_allclose(half["a"]["kernel"], tree["a"]["kernel"], atol=1e-3)
   assert (tmp_path / "half.safetensors").stat().st_size < (tmp_path / "full.safetensors").stat().st_size
+
+
+def test_tree_files_keep_scalar_leaves_scalar(tmp_path):
+  # CLIP's learned temperature is a 0-d parameter; a bundle that stored it 1-d would not match
+  # the config's architecture when a later stage reads it frozen.
+  from jzoo.io import tree_files
+  tree_files.save_tree(str(tmp_path / "s.safetensors"), {"logit_scale": np.float32(2.5)})
+  back = tree_files.load_tree(str(tmp_path / "s.safetensors"))["logit_scale"]
+  assert back.shape == () and float(back) == 2.5

@@ -15,7 +15,7 @@ def flatten(tree, prefix=""):
     if isinstance(value, dict):
       flat.update(flatten(value, name))
     else:
-      flat[name] = np.ascontiguousarray(np.asarray(value))
+      flat[name] = np.asarray(value, order="C")  # not ascontiguousarray: it makes scalars 1-d
   return flat
 
 
