@@ -25,6 +25,9 @@ CASES = {
     "imagen-tiny-shapes": [
         ("t2i", ["a large red circle in the center", "a blue square to the left of a green triangle"], {}),
     ],
+    "dalle2-tiny-shapes": [
+        ("t2i", ["a large red circle in the center", "a blue square to the left of a green triangle"], {}),
+    ],
     "phenaki-tiny-shapes": [
         ("t2v", ["a red circle moving right", "a yellow triangle moving up"], {}),
         ("story", ["a red circle moving right", "a red circle moving down"], {"story": True}),
