@@ -353,7 +353,7 @@ class _ColourModel:
     return jnp.tile(jnp.array([[2.0, 0.0, 0.0]]), (tokens.shape[0], 1))
 
 
-class _IndexTokenizer:
+class _ZeroTokenizer:
   @staticmethod
   def encode_batch(captions, length):
     return np.zeros((len(captions), length), np.int32), np.ones((len(captions), length), np.int32)
@@ -365,7 +365,7 @@ def test_unclip_metrics_exact_answers():
   real = [np.full((4, 4, 3), c, np.uint8) for c in colours.values()]
   captions = ["red", "green", "blue", "red"]  # the yellow image is captioned "red"
   # batch 3 over 4 images: the padded last batch must not change the answer.
-  m = evaluate.unclip_metrics(_ColourModel(), {"clip": {}}, _IndexTokenizer(), real, captions,
+  m = evaluate.unclip_metrics(_ColourModel(), {"clip": {}}, _ZeroTokenizer(), real, captions,
                               seed=0, batch_size=3)
   # The red image's variation (green) is less similar to red (cos 0) than to green (1) and
   # yellow (0.71); green, blue and yellow beat all three others: 9 of 12 ordered pairs.
