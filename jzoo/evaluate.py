@@ -102,14 +102,15 @@ def _found(result):
 
 
 def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
-             *, batch_size=16, name=None, fid_params=None, clip=None, first=0):
+             *, batch_size=16, name=None, fid_params=None, clip=None, first=0, unclip=True):
   """Generates for `num` captions of `split` from index `first`, scores them; returns the report.
 
   pipe: a `jzoo.load` pipeline; `name` (default its name) goes into the report. With `out_dir`,
   also writes report.json, report.md and grid.png there (report["files"]).
   `fid_params` (jzoo.eval.inception.load_inception_params) adds "fid" against the real
   samples (video frames pooled); `clip` = (model, params, tokenizer) from
-  jzoo.text.clip.load_clip adds "clip_score" (a video's middle frame).
+  jzoo.text.clip.load_clip adds "clip_score" (a video's middle frame). `unclip=False` leaves out
+  an unCLIP model's embedding checks (`unclip_metrics`: 100 variations and 100 prior samples).
   """
   from jzoo.eval import alignment, frechet
   from jzoo.eval import report as report_lib
@@ -158,7 +159,7 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
     # generator of tokens could reach through this tokenizer.
     report["tokenizer_accuracy"] = float(np.mean(
         [alignment.score(x, c)["correct"] for x, c in zip(recons, captions)]))
-  if model.can(VARIATIONS):  # unCLIP: what its CLIP image embeddings carry
+  if unclip and model.can(VARIATIONS):  # unCLIP: what its CLIP image embeddings carry
     count = min(UNCLIP_NUM, shapes.split_size(dataset, split) - first)
     examples = [scene(dataset, split, first + i, output_shape) for i in range(count)]
     report["unclip"] = unclip_metrics(model, params, pipe.tokenizer,

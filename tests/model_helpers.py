@@ -47,6 +47,35 @@ def assert_tokenizer_learns(history):
   assert 0 < last["codebook_usage"] <= 1 and last["perplexity"] >= 1
 
 
+PALETTE = ((1, -1, -1), (-1, 1, -1), (-1, -1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1), (1, 1, 1))
+
+
+def square_batch(model, stage, batch_size, seed=0):
+  """A batch of `stage`, like `shapes`: captions of random tokens (random lengths) and images of
+  one palette-coloured square on black (never an invisible black one). Where the stage's data
+  carries hard negatives, every other caption's twin is the caption with its first two words
+  swapped, the others' the caption itself (no twin)."""
+  spec = model.data_spec(stage)
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
+  lengths = rng.integers(4, spec.text_length, batch_size)
+  mask = (np.arange(spec.text_length)[None] < lengths[:, None]).astype(np.int32)
+  r = spec.resolution
+  image = -np.ones((batch_size, r, r, 3))
+  for i in range(batch_size):
+    side = r // 3
+    y, x = rng.integers(0, r - side, 2)
+    image[i, y:y + side, x:x + side] = PALETTE[(i + seed) % len(PALETTE)]
+  tokens = tokens * mask
+  batch = {"image": jnp.asarray(image, jnp.float32), "tokens": jnp.asarray(tokens),
+           "mask": jnp.asarray(mask)}
+  if spec.negatives:
+    twins = tokens.copy()
+    twins[::2, [0, 1]] = twins[::2, [1, 0]]
+    batch.update(negative_tokens=jnp.asarray(twins), negative_mask=jnp.asarray(mask))
+  return batch
+
+
 def caption_batch(text_length, batch_size, seed=0, words=6):
   """Random caption token ids [B, L] (the first `words` real) and their mask."""
   rng = np.random.default_rng(seed)

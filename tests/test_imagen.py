@@ -20,6 +20,8 @@ from jzoo.models.params import count_params
 from jzoo.parallel import mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings
 
+from model_helpers import square_batch
+
 B = 2
 
 
@@ -33,20 +35,7 @@ def model():
 
 
 def batch_for(model, stage, batch_size=B, seed=0):
-  """Captions of random tokens and images of one coloured square on black, like `shapes`."""
-  spec = model.data_spec(stage)
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
-  lengths = rng.integers(4, spec.text_length, batch_size)
-  mask = (np.arange(spec.text_length)[None] < lengths[:, None]).astype(np.int32)
-  r = spec.resolution
-  image = -np.ones((batch_size, r, r, 3))
-  for i in range(batch_size):
-    side = r // 3
-    y, x = rng.integers(0, r - side, 2)
-    image[i, y:y + side, x:x + side] = rng.choice([-1.0, 1.0], 3)
-  return {"image": jnp.asarray(image, jnp.float32), "tokens": jnp.asarray(tokens * mask),
-          "mask": jnp.asarray(mask)}
+  return square_batch(model, stage, batch_size, seed)
 
 
 def random_params(model, stage, seed=0):

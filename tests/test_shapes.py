@@ -303,6 +303,26 @@ def test_held_out_pairs_and_mix():
   assert {o["direction"] for ex in vtrain for o in ex["objects"]} == set(shapes.DIRECTIONS)
 
 
+def test_relation_swapped_twin_names_the_same_objects_in_a_layout_the_image_breaks():
+  """A hard negative (jzoo.data.shapes.relation_swapped) of a two-object caption keeps both
+  objects, in order, and names the opposite relation, which the scene's objects never satisfy;
+  one-object captions have none."""
+  opposite = {"to the left of": "to the right of", "to the right of": "to the left of",
+              "above": "below", "below": "above"}
+  for i in range(300):
+    ex = shapes.image_scene("test", i)
+    twin = shapes.relation_swapped(ex["caption"])
+    if ex["form"] == "one":
+      assert twin is None, ex["caption"]
+      continue
+    m, t = TWO_RE.match(ex["caption"]), TWO_RE.match(twin)
+    assert t, twin
+    assert t.groups()[:3] + t.groups()[4:] == m.groups()[:3] + m.groups()[4:]
+    assert t.group(4) == opposite[m.group(4)]
+    a, b = (o["center"] for o in ex["objects"])
+    assert relation_ok(m.group(4), a, b, 64) and not relation_ok(t.group(4), a, b, 64)
+
+
 # --- videos ------------------------------------------------------------------------------
 @pytest.mark.parametrize("split,count,size,frames", [("train", 60, 32, 16), ("compositional", 20, 32, 16),
                                                      ("test", 20, 48, 5)])

@@ -38,6 +38,7 @@ import grain
 import jax
 import numpy as np
 
+from jzoo.data.shapes import relation_swapped
 from jzoo.errors import ConfigError
 from jzoo.parallel.mesh import batch_sharding
 
@@ -119,16 +120,23 @@ def stack_examples(examples):
   return batch
 
 
-def add_text(batch, tokenizer, text_length, caches=(), tokens=True):
-  """stack_examples' batch with its captions replaced by their tokens and mask (`tokens`) and
-  by the rows of each caption-keyed frozen-output cache (jzoo.data.frozen_cache.FrozenCache:
-  a text encoder's embeddings "text" and their "mask")."""
+def add_text(batch, tokenizer, text_length, caches=(), tokens=True, negatives=False):
+  """stack_examples' batch with its captions replaced by their tokens and mask (`tokens`), by
+  the tokens of their relation-swapped twins (`negatives`: "negative_tokens"/"negative_mask",
+  the caption itself where it names no relation) and by the rows of each caption-keyed
+  frozen-output cache (jzoo.data.frozen_cache.FrozenCache: a text encoder's embeddings "text"
+  and their "mask")."""
   batch = dict(batch)
   captions = batch.pop("caption")
   if tokens:
     ids, mask = tokenizer.encode_batch(captions, text_length)
     batch["tokens"] = np.asarray(ids, np.int32)
     batch["mask"] = np.asarray(mask, np.int32)
+  if negatives:
+    twins = [relation_swapped(c) or c for c in captions]
+    ids, mask = tokenizer.encode_batch(twins, text_length)
+    batch["negative_tokens"] = np.asarray(ids, np.int32)
+    batch["negative_mask"] = np.asarray(mask, np.int32)
   for cache in caches:
     batch.update(cache.lookup(captions))
   return batch
@@ -158,15 +166,17 @@ class InputPipeline:
   workers: Grain worker processes (0: read in this process).
   caches: caption-keyed frozen-output caches whose rows each batch gets by caption, in this
     process (example-keyed ones are part of `source`: frozen_cache.JoinedSource).
-  tokens: whether batches carry the captions' "tokens" and "mask" (DataSpec.tokens)."""
+  tokens: whether batches carry the captions' "tokens" and "mask" (DataSpec.tokens).
+  negatives: whether they carry the relation-swapped twins' tokens (DataSpec.negatives)."""
 
   def __init__(self, source, tokenizer, *, global_batch_size, text_length, mesh, seed=0,
                shuffle=True, position=0, prefetch=2, workers=0, process_index=None,
-               process_count=None, caches=(), tokens=True):
+               process_count=None, caches=(), tokens=True, negatives=False):
     self.source = source
     self.tokenizer = tokenizer
     self.caches = tuple(caches)
     self.tokens = bool(tokens)
+    self.negatives = bool(negatives)
     self.text_length = text_length
     self.mesh = mesh
     self.global_batch_size = global_batch_size
@@ -211,7 +221,7 @@ class InputPipeline:
     if self._iterator is None:
       self._iterator = iter(self.local_batches(self.position))
     local = add_text(next(self._iterator), self.tokenizer, self.text_length, self.caches,
-                     self.tokens)
+                     self.tokens, self.negatives)
     self.position += self.global_batch_size
     return self._to_global(local)
 

@@ -40,6 +40,8 @@ POSITIONS = {
 }
 POSITION_JITTER = 0.04  # fraction of S
 RELATIONS = ("to the left of", "to the right of", "above", "below")
+OPPOSITE_RELATIONS = {"to the left of": "to the right of", "to the right of": "to the left of",
+                      "above": "below", "below": "above"}
 RELATION_MIN_OFFSET = 0.15  # along the relation's axis, fraction of S
 RELATION_MAX_CROSS = 0.20  # across it, fraction of S (strictly less)
 MIN_GAP = 0.05  # between bounding boxes, fraction of S
@@ -214,6 +216,17 @@ def _two_object_scene(rng, split, size, candidates=64):
              for (c, s, p, side) in ((ca, sa, a, sides[0]), (cb, sb, b, sides[1]))]
   caption = f"{with_article(ca, sa)} {relation} {with_article(cb, sb)}"
   return caption, objects, relation
+
+
+def relation_swapped(caption):
+  """`caption` with its relation replaced by the opposite one ("a red circle above a blue
+  square" -> "... below ..."): the same objects in the mirrored layout, a hard negative for a
+  contrastive text model. None when the caption names no relation."""
+  for relation in RELATIONS:
+    phrase = f" {relation} "
+    if phrase in caption:
+      return caption.replace(phrase, f" {OPPOSITE_RELATIONS[relation]} ", 1)
+  return None
 
 
 def image_scene(split, index, size=64):

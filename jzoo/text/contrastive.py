@@ -12,6 +12,7 @@ and image encoder behind the protocols of jzoo.text.clip, the `clip` Stage, and 
 Hugging Face CLIP folder (`config.clip.weights`), which replaces the stage.
 """
 
+import dataclasses
 import os
 
 import jax.numpy as jnp
@@ -31,21 +32,38 @@ def normalize(x, eps=1e-6):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def contrastive_loss(text_features, image_features, logit_scale, same_caption=None):
+def contrastive_loss(text_features, image_features, logit_scale, same_caption=None,
+                     negatives=None):
   """The symmetric InfoNCE loss [] and metrics. `same_caption` [B, B] bool marks extra positives
-  (default: the diagonal only)."""
+  (default: the diagonal only). `negatives` = (features [B, D] of each caption's hard-negative
+  twin, valid [B] bool, positive [B, B] bool): extra columns of the image-to-text softmax only
+  (NegCLIP); a twin is a positive of the images whose caption it equals, and invalid twins
+  (captions without one) are left out. "relation_accuracy": how often an image is closer to
+  its own caption than to that caption's twin."""
   t, i = normalize(text_features), normalize(image_features)
   scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
   logits = scale * i @ t.T  # [images, texts]
   b = logits.shape[0]
   positives = jnp.eye(b, dtype=bool) if same_caption is None else same_caption | jnp.eye(b, dtype=bool)
-  targets = positives / jnp.sum(positives, axis=1, keepdims=True)
-  image_to_text = optax.softmax_cross_entropy(logits, targets)
-  text_to_image = optax.softmax_cross_entropy(logits.T, targets)  # positives are symmetric
+  text_to_image = optax.softmax_cross_entropy(
+      logits.T, positives / jnp.sum(positives, axis=1, keepdims=True))  # positives are symmetric
+  metrics = {}
+  if negatives is not None:
+    features, valid, positive = negatives
+    extra = scale * i @ normalize(features).T  # [images, twins]
+    closer = (jnp.diagonal(logits) > jnp.diagonal(extra)) & valid  # own caption beats its twin
+    metrics["relation_accuracy"] = jnp.sum(closer) / jnp.maximum(jnp.sum(valid), 1)
+    extra = jnp.where(valid[None, :], extra, -1e9)  # finite: 0 * log_softmax(-inf) is nan
+    image_logits = jnp.concatenate([logits, extra], axis=1)
+    image_positives = jnp.concatenate([positives, positive & valid[None, :]], axis=1)
+  else:
+    image_logits, image_positives = logits, positives
+  image_to_text = optax.softmax_cross_entropy(
+      image_logits, image_positives / jnp.sum(image_positives, axis=1, keepdims=True))
   loss = 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
-  hit = positives[jnp.arange(b), jnp.argmax(logits, axis=1)]
+  hit = image_positives[jnp.arange(b), jnp.argmax(image_logits, axis=1)]
   return loss, {"clip_loss": loss, "image_to_text_accuracy": jnp.mean(hit),
-                "logit_scale": scale}
+                "logit_scale": scale, **metrics}
 
 
 def config_of(block, text_length):
@@ -82,6 +100,7 @@ class ContrastiveCLIP:
 
   # --- the stage -----------------------------------------------------------
   def stage(self, data, next_stage):
+    data = dataclasses.replace(data, negatives=bool(self.block.get("hard_negatives", False)))
     return Stage(data, init=self.init,
                  loss=lambda params, batch, rng, frozen: self.loss(params, batch, next_stage))
 
@@ -99,7 +118,15 @@ class ContrastiveCLIP:
     pixels = clip_lib.preprocess_jax(batch["image"], self.module.processing)
     image = self.module.apply({"params": params}, pixels, method=clip_lib.CLIP.get_image_features)
     same = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
-    return contrastive_loss(text, image, params["logit_scale"], same)
+    negatives = None
+    if "negative_tokens" in batch:
+      twins = batch["negative_tokens"]
+      features = self.module.apply({"params": params}, twins, batch["negative_mask"],
+                                   method=clip_lib.CLIP.get_text_features)
+      valid = jnp.any(twins != tokens, axis=-1)  # the caption names a relation
+      positive = jnp.all(tokens[:, None, :] == twins[None, :, :], axis=-1)
+      negatives = (features, valid, positive)
+    return contrastive_loss(text, image, params["logit_scale"], same, negatives)
 
   # --- what the other stages read ------------------------------------------
   def text(self, params, tokens, mask):

@@ -454,7 +454,8 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   pipeline = InputPipeline(source, tokenizer, global_batch_size=train_cfg.batch_size,
                            text_length=spec.text_length, mesh=mesh, seed=train_cfg.seed,
                            shuffle=config.data.shuffle, position=position, caches=caches,
-                           tokens=spec.tokens, workers=config.data.workers)
+                           tokens=spec.tokens, negatives=spec.negatives,
+                           workers=config.data.workers)
   step_fn = trainer.jit_step(frozen_shardings)
   if is_host0:
     drop_rows_after(stage_dir, start)  # the steps after the checkpoint run again and log again
