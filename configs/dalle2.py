@@ -5,6 +5,9 @@
                                  and a 32->64 upsampler
   configs/dalle2.py:paper        the paper's sizes: a 1B prior, a 3.5B decoder, 700M and 300M
                                  upsamplers (64->256->1024) over CLIP ViT-H/16-sized towers
+  configs/dalle2.py:karlo        Kakao Brain's Karlo (kakaobrain/karlo-v1-alpha) from a folder in
+                                 diffusers' layout (`karlo.folder`, or --checkpoint DIR of
+                                 jzoo.sample), sampled as diffusers' UnCLIPPipeline does
 
 The argument may name a stage, `tiny_shapes,stage=prior`. Stages train in order: clip (the
 contrastive CLIP both the prior and the decoder read frozen), prior, then each stage of
@@ -16,7 +19,7 @@ import ml_collections
 from jzoo.configs._common import base_config, select_stage, split_variant
 from jzoo.configs._common import stage_train as _train
 
-VARIANTS = ("micro", "tiny_shapes", "paper")
+VARIANTS = ("micro", "tiny_shapes", "paper", "karlo")
 
 
 def _clip(resolution, text, vision, projection_dim, train, vocab_size=704, text_length=24,
@@ -25,6 +28,10 @@ def _clip(resolution, text, vision, projection_dim, train, vocab_size=704, text_
   `clip`), or a Hugging Face CLIP folder (`weights`) that is imported and frozen."""
   return ml_collections.ConfigDict(dict(
       weights="",            # a Hugging Face CLIP folder: imported, the clip stage not trained
+      # Each caption that names a relation also trains against its relation-swapped twin as a
+      # hard negative (NegCLIP, Yuksekgonul et al. 2023): without it CLIP is a bag of words that
+      # cannot tell "A left of B" from "B left of A", and z_i carries no layout.
+      hard_negatives=True,
       resolution=resolution,  # the image tower's input size (images are resized to it)
       # Text: the zoo's sentencepiece ids (eos 1: the tower pools at the first end token).
       text=ml_collections.ConfigDict(dict(vocab_size=vocab_size,
@@ -85,6 +92,12 @@ def _decoder(*args, **overrides):
       text_layers=0, text_width=0, text_heads=0,
       image_drop=0.1,        # classifier-free guidance: CLIP embedding zeroed 10% of the time
       text_drop=0.5,         # ... and the caption dropped 50% of the time
+      # "learned": the paper's (and GLIDE's, Karlo's) 1000-step discrete DDPM with a learned
+      # variance, trained with the improved-DDPM hybrid loss (jzoo.diffusion.discrete; eps and
+      # the cosine schedule; the U-Net outputs 6 channels). "fixed": jzoo's continuous-time
+      # diffusion in `parameterization` with `sample.sampler`.
+      variance="fixed",
+      vlb_weight=0.001,      # lambda of L_hybrid = L_simple + lambda L_vlb
   ), **overrides))
   return d
 
@@ -117,8 +130,26 @@ def _sample(**kw):
   return s
 
 
+def karlo_config():
+  """dalle2:karlo: every size comes from the folder's own config.json files (Karlo's published
+  ones without a folder); jzoo.models.karlo."""
+  c = base_config("dalle2", "prior")
+  c.variant = "karlo"
+  c.karlo = ml_collections.ConfigDict(dict(folder=""))  # a Karlo folder in diffusers' layout
+  c.text.tokenizer = "clip_bpe"  # the folder's tokenizer/ (vocab.json + merges.txt)
+  c.text.length = 77
+  # UnCLIPPipeline's defaults; the decoder's steps and guidance are the request's (traced).
+  c.sample = ml_collections.ConfigDict(dict(steps=25, guidance=8.0, prior_steps=25,
+                                            prior_guidance=4.0, sr_steps=7))
+  return c
+
+
 def get_config(arg=None):
   variant, rest = split_variant(arg, "tiny_shapes", VARIANTS)
+  if variant == "karlo":
+    if rest:
+      raise ValueError(f"dalle2:karlo takes no stage argument, got {rest!r}")
+    return karlo_config()
   c = base_config("dalle2", "clip")
   c.variant = variant
   c.cascade = ("decoder", "sr")

@@ -26,7 +26,6 @@ from jzoo.errors import CheckpointError
 from jzoo.models import base
 from jzoo.models import params as params_lib
 from jzoo.parallel import compiler
-from jzoo.text.tokenizer import Tokenizer
 
 # A prompt each model family can draw, by what its samples are.
 DEFAULT_PROMPTS = {
@@ -61,7 +60,7 @@ class Pipeline:
 
   @functools.cached_property
   def tokenizer(self):
-    return Tokenizer.load(self.config.text.tokenizer)
+    return self.model.text_tokenizer()
 
   @property
   def default_prompt(self):
@@ -224,8 +223,12 @@ def _from_folder(folder, name=None):
   without its config.json, from an old run, is read with registered model `name`'s config)."""
   if not os.path.isdir(folder):
     raise CheckpointError(f"checkpoint directory {folder!r} does not exist")
+  imported = loading.imported_config(folder)
   exported = loading.exported_config(folder)
-  if exported is not None:  # a `python -m jzoo.export` folder
+  if imported is not None:  # public weights in another library's layout (Karlo's)
+    model = registry.build_model(imported)
+    params = {stage: model.external_weights(stage) for stage in model.stages}
+  elif exported is not None:  # a `python -m jzoo.export` folder
     model = registry.build_model(exported)
     params = loading.load_exported_params(folder, model)
   else:
@@ -268,7 +271,7 @@ def generate(model, params, prompts, *, num=1, seed=0, steps=None, guidance=None
     model.require(base.IMAGE_TO_VIDEO if len(start) == 1 and model.can(base.IMAGE_TO_VIDEO)
                   else base.VIDEO_PREDICTION, name, "; drop the start frames")
     model.check_start_frames(np.shape(start))
-  tokenizer = tokenizer or Tokenizer.load(model.config.text.tokenizer)
+  tokenizer = tokenizer or model.text_tokenizer()
   base.check_prompts(prompts, model.text_length, tokenizer)
   steps, guidance = _sampler_settings(model, steps, guidance)
   gen = functools.partial(_jitted_generate(compiler.ynn_fusions_of(model.config)), model)

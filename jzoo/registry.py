@@ -40,6 +40,8 @@ MODELS = {e.name: e for e in [
     Entry("dalle2-tiny-shapes", "dalle2:tiny_shapes",
           "DALL-E 2 (unCLIP: CLIP + diffusion prior + 32px decoder + 64px upsampler) on shapes"),
     Entry("dalle2-micro", "dalle2:micro", "DALL-E 2 (unCLIP) micro model for tests and smoke runs"),
+    Entry("dalle2-karlo", "dalle2:karlo",
+          "Kakao Brain's Karlo unCLIP from your folder in diffusers' layout (--checkpoint DIR)"),
 ]}
 
 DEFAULT_MODEL = "imagen-tiny-shapes"

@@ -50,6 +50,9 @@ class DataSpec:
   text_length: int = 32  # tokens per caption, padded/truncated-with-error
   pixels: bool = True  # batches carry "image"/"video" (False: an input replaces them, e.g. codes)
   tokens: bool = True  # batches carry the caption's "tokens" and "mask" (False: an input's)
+  # Batches also carry "negative_tokens"/"negative_mask": each caption's relation-swapped twin
+  # (jzoo.data.shapes.relation_swapped), or the caption itself where it names no relation.
+  negatives: bool = False
   inputs: Tuple[Input, ...] = ()
 
   def __post_init__(self):
@@ -84,6 +87,9 @@ class DataSpec:
     if self.tokens:
       shapes["tokens"] = ((batch_size, self.text_length), np.int32)
       shapes["mask"] = ((batch_size, self.text_length), np.int32)
+    if self.negatives:
+      shapes["negative_tokens"] = ((batch_size, self.text_length), np.int32)
+      shapes["negative_mask"] = ((batch_size, self.text_length), np.int32)
     for i in self.inputs:
       for name, shape, dtype in i.arrays:
         shapes[name] = ((batch_size, *shape), np.dtype(dtype))
@@ -114,3 +120,6 @@ class Stage:
   init: Callable[..., Any]  # (rng, batch) -> flax variables, params boxed with logical axis names
   loss: Callable[..., Any]  # (params, batch, rng, frozen) -> (scalar loss, dict of metrics)
   frozen: Tuple[str, ...] = ()  # stages (or frozen dependencies) `loss` reads but does not train
+  # Why the stage cannot be trained here ("" when it can): its weights only come from files
+  # (an imported network), and `loss` raises a ConfigError that says so.
+  untrainable: str = ""

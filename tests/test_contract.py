@@ -95,6 +95,8 @@ def test_frozen_stages_are_other_stages_or_external_networks(entry):
 def test_loss_is_a_scalar_and_gradients_reach_only_the_trained_stage(entry):
   name, model = entry
   for stage in model.stages:
+    if model.stage(stage).untrainable:  # its loss is the error that says why (test_karlo)
+      continue
     params = params_lib.abstract_params(model, stage)
     frozen = _frozen_abstract(model, stage)
     batch = params_lib.abstract_batch(model, stage, B)

@@ -17,10 +17,9 @@ from jzoo.models import params as params_lib
 from jzoo.models.params import count_params
 from jzoo.text import contrastive
 
-from model_helpers import noisy, train_micro_stages
+from model_helpers import noisy, square_batch, train_micro_stages
 
 B = 4
-COLOURS = ((1, -1, -1), (-1, 1, -1), (-1, -1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1), (1, 1, 1))
 
 
 def micro_config(*overrides):
@@ -33,20 +32,7 @@ def model():
 
 
 def batch_for(model, stage, batch_size=B, seed=0):
-  """Distinct random captions and images of one coloured square on black."""
-  spec = model.data_spec(stage)
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, 600, (batch_size, spec.text_length)).astype(np.int32)
-  lengths = rng.integers(4, spec.text_length, batch_size)
-  mask = (np.arange(spec.text_length)[None] < lengths[:, None]).astype(np.int32)
-  r = spec.resolution
-  image = -np.ones((batch_size, r, r, 3))
-  for i in range(batch_size):
-    side = r // 3
-    y, x = rng.integers(0, r - side, 2)
-    image[i, y:y + side, x:x + side] = COLOURS[(i + seed) % len(COLOURS)]
-  return {"image": jnp.asarray(image, jnp.float32), "tokens": jnp.asarray(tokens * mask),
-          "mask": jnp.asarray(mask)}
+  return square_batch(model, stage, batch_size, seed)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +122,49 @@ def test_identical_captions_are_positives_of_each_other():
   assert float(metrics["image_to_text_accuracy"]) == 1.0
   _, diagonal = contrastive.contrastive_loss(jnp.asarray(t), jnp.asarray(i), jnp.float32(1.5))
   np.testing.assert_allclose(float(diagonal["image_to_text_accuracy"]), 2 / 3, rtol=1e-6)
+
+
+def test_hard_negatives_against_an_independent_computation():
+  """Each caption's twin is an extra column of the image-to-text softmax only: row 0's twin is a
+  negative, row 1 has none (left out), and row 2's twin equals caption 0, so it is a positive of
+  image 0. relation_accuracy counts the rows with a twin whose image beats it with its own."""
+  rng = np.random.default_rng(2)
+  t, i, n = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+  n[2] = t[0]
+  valid = np.array([True, False, True])
+  positive = np.zeros((3, 3), bool)
+  positive[0, 2] = True
+  loss, metrics = contrastive.contrastive_loss(
+      jnp.asarray(t), jnp.asarray(i), jnp.float32(1.0),
+      negatives=(jnp.asarray(n), jnp.asarray(valid), jnp.asarray(positive)))
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  logits, extra = np.e * unit(i) @ unit(t).T, np.e * unit(i) @ unit(n).T
+
+  def soft_ce(rows, tgt):
+    logp = rows - np.log(np.exp(rows).sum(1, keepdims=True))
+    return -np.mean(np.sum(tgt * logp, axis=1))
+
+  wide = np.concatenate([logits, extra[:, [0, 2]]], axis=1)  # twin 1 is left out
+  targets = np.concatenate([np.eye(3), positive[:, [0, 2]]], axis=1)
+  want = 0.5 * (soft_ce(wide, targets / targets.sum(1, keepdims=True)) + soft_ce(logits.T, np.eye(3)))
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  closer = [logits[0, 0] > extra[0, 0], logits[2, 2] > extra[2, 2]]
+  np.testing.assert_allclose(float(metrics["relation_accuracy"]), np.mean(closer), rtol=1e-6)
+  assert np.isfinite(float(loss))
+
+
+def test_clip_trains_on_relation_swapped_twins(model):
+  """The clip stage's batches carry each caption's twin (jzoo.data.shapes.relation_swapped), and
+  its loss reads them: the same batch without twins gives a different loss."""
+  assert model.data_spec("clip").negatives and not model.data_spec("prior").negatives
+  batch = batch_for(model, "clip")
+  variables = model.init("clip", jax.random.PRNGKey(0), batch)
+  p = nn.unbox(variables["params"])
+  with_twins, metrics = model.loss("clip", p, batch, jax.random.PRNGKey(0), {})
+  plain = {k: v for k, v in batch.items() if not k.startswith("negative")}
+  without, plain_metrics = model.loss("clip", p, plain, jax.random.PRNGKey(0), {})
+  assert "relation_accuracy" in metrics and "relation_accuracy" not in plain_metrics
+  assert float(with_twins) > float(without)  # extra negatives only add to the softmax's denominator
 
 
 def test_clip_stage_loss_decreases(model):
@@ -253,6 +282,55 @@ def test_guidance_one_equals_the_conditional_model(model, params):
   stronger = model._sample_stage("decoder", params["decoder"], cond, uncond, 3, 4.0, noise,
                                  jax.random.PRNGKey(2))
   assert float(jnp.max(jnp.abs(stronger - plain))) > 1e-4
+
+
+@pytest.fixture(scope="module")
+def learned():
+  """The micro model with the paper's learned-variance decoder, and its decoder params."""
+  m = dalle2.build(micro_config("stages.decoder.variance=learned"))
+  variables = jax.jit(lambda rng, b: m.init("decoder", rng, b))(jax.random.PRNGKey(5),
+                                                                 batch_for(m, "decoder"))
+  return m, noisy(nn.unbox(variables["params"]), seed=5)
+
+
+def test_learned_variance_decoder_trains_on_the_hybrid_loss(learned, params):
+  """6 output channels (eps | variance); the loss is discrete.hybrid_loss through the model's
+  U-Net (its mse + 0.001 T vlb), and its gradient reaches the variance half's output conv."""
+  m, p = learned
+  batch = batch_for(m, "decoder")
+  frozen = {"clip": params["clip"]}
+  loss_and_grad = jax.jit(jax.value_and_grad(
+      lambda q: m.loss("decoder", q, batch, jax.random.PRNGKey(0), frozen), has_aux=True))
+  (loss, metrics), grads = loss_and_grad(p)
+  np.testing.assert_allclose(float(loss), float(metrics["mse"]) + 0.001 * 1000 * float(metrics["vlb"]),
+                             rtol=1e-5)
+  assert float(metrics["vlb"]) > 0
+  out_kernels = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+                 if g.ndim == 4 and g.shape[-1] == 6]
+  assert out_kernels and float(jnp.abs(out_kernels[-1][..., 3:]).max()) > 0
+
+
+def test_learned_variance_guidance_one_equals_the_conditional_model(learned, params):
+  m, p = learned
+  batch = batch_for(m, "decoder", batch_size=2)
+  text, _ = m.text_condition(params["clip"], batch["tokens"], batch["mask"])
+  z = m.image_embedding(params["clip"], batch["image"])
+  cond = {"text": text, "tokens": batch["tokens"], "mask": batch["mask"], "image_embed": z}
+  uncond = dict(cond, mask=jnp.zeros_like(batch["mask"]), image_embed=jnp.zeros_like(z))
+  noise = jax.random.normal(jax.random.PRNGKey(1), batch["image"].shape)
+  guided = jax.jit(lambda g: m._sample_stage("decoder", p, cond, uncond, 3, g, noise,
+                                              jax.random.PRNGKey(2)))
+  plain = np.asarray(jax.jit(lambda: m._sample_stage("decoder", p, cond, None, 3, 1.0, noise,
+                                                     jax.random.PRNGKey(2)))())
+  np.testing.assert_allclose(np.asarray(guided(1.0)), plain, atol=1e-5)
+  assert np.abs(np.asarray(guided(4.0)) - plain).max() > 1e-4
+  assert np.all(np.isfinite(plain)) and np.abs(plain).max() <= 1.0 + 1e-6  # x0 clipped to [-1, 1]
+
+
+def test_a_learned_variance_needs_eps():
+  with pytest.raises(ConfigError, match="set parameterization=eps"):
+    dalle2.build(micro_config("stages.decoder.variance=learned",
+                              "stages.decoder.parameterization=v"))
 
 
 # --- upsamplers ----------------------------------------------------------------------

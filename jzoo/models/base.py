@@ -133,6 +133,12 @@ class Model:
   def text_length(self) -> int:
     return int(self.config.text.length)
 
+  def text_tokenizer(self):
+    """The prompts' tokenizer: `config.text.tokenizer` (sentencepiece); a model whose imported
+    weights bring their own (Karlo's CLIP BPE) returns that."""
+    from jzoo.text.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+    return Tokenizer.load(self.config.text.tokenizer)
+
   @property
   def output_shape(self):
     """(H, W) for images, (T, H, W) for videos: what `generate` returns per sample."""

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from jzoo import config as config_lib
 from jzoo.diffusion import degradations
+from jzoo.diffusion import discrete
 from jzoo.diffusion import guidance as guidance_lib
 from jzoo.diffusion import losses
 from jzoo.diffusion import parameterization as param_lib
@@ -49,6 +50,8 @@ from jzoo.nn.unet import EfficientUNet
 from jzoo.text.contrastive import CLIP_STAGE, ContrastiveCLIP, normalize
 
 PRIOR = "prior"
+VARIANCES = ("fixed", "learned")
+MAX_DISCRETE_STEPS = 256  # the static bound of a learned-variance decoder's traced step count
 
 
 def scaled(embedding):
@@ -123,6 +126,12 @@ class DallE2(Model):
     for name in (PRIOR, *self.cascade):
       param_lib.check(self._stage(name).parameterization)
       schedules.from_config(self._stage(name))
+    variance = self._stage(self.cascade[0]).get("variance", "fixed")
+    if variance not in VARIANCES:
+      raise ConfigError(f"config.stages.{self.cascade[0]}.variance must be one of {VARIANCES}")
+    if variance == "learned" and self._stage(self.cascade[0]).parameterization != "eps":
+      raise ConfigError(f"a learned variance (config.stages.{self.cascade[0]}.variance=learned) "
+                        "is trained with the hybrid loss on eps: set parameterization=eps")
     for name in self.cascade[1:]:
       if self._stage(name).degradation not in degradations.DEGRADATIONS:
         raise ConfigError(f"config.stages.{name}.degradation must be one of "
@@ -146,10 +155,18 @@ class DallE2(Model):
   def _stage(self, name):
     return self.config.prior if name == PRIOR else self.config.stages[name]
 
+  def learned_variance(self, name):
+    """The 1000-step discrete DDPM schedule of a learned-variance stage (the paper's decoder),
+    else None (jzoo's continuous-time diffusion)."""
+    if self._stage(name).get("variance", "fixed") != "learned":
+      return None
+    return discrete.DiscreteSchedule(variance_type="learned_range", prediction_type="epsilon")
+
   def _unet(self, name, super_resolution):
     s = self._stage(name)
     unet = config_lib.build(EfficientUNet, s, super_resolution=super_resolution,
-                            remat=str(self.config.train.remat), dtype=self.dtype)
+                            remat=str(self.config.train.remat), dtype=self.dtype,
+                            out_channels=6 if self.learned_variance(name) else 3)
     if super_resolution:
       return unet
     return config_lib.build(Decoder, s, unet=unet, vocab_size=self.clip.clip_config.text.vocab_size,
@@ -250,6 +267,12 @@ class DallE2(Model):
       return self._unet_apply(unet, params, z, logsnr, cond, deterministic=False,
                               rngs={"dropout": dropout_rng})
 
+    discrete_schedule = self.learned_variance(stage)
+    if discrete_schedule is not None:  # the U-Net reads the log-SNR of the integer step
+      per_example, terms = discrete.hybrid_loss(
+          lambda z, t: apply_fn(z, discrete_schedule.logsnr(t)), x, diffusion_rng,
+          discrete_schedule, vlb_weight=float(s.vlb_weight))
+      return jnp.mean(per_example), {"mse": jnp.mean(terms["mse"]), "vlb": jnp.mean(terms["vlb"])}
     per_example, _ = losses.diffusion_loss(
         apply_fn, x, diffusion_rng, schedule=schedules.from_config(s), kind=s.parameterization,
         weighting=s.loss_weighting, gamma=float(s.min_snr_gamma))
@@ -357,12 +380,33 @@ class DallE2(Model):
   def _sample_stage(self, name, params, cond, uncond, steps, guidance, noise, rng):
     s, sample_cfg = self._stage(name), self.config.sample
     unet = self.unets[name]
+    discrete_schedule = self.learned_variance(name)
+    if discrete_schedule is not None:
+      return self._sample_learned_variance(unet, params, cond, uncond, steps, guidance, noise,
+                                           rng, discrete_schedule)
     denoise = guidance_lib.make_denoiser(
         lambda z, logsnr, c: self._unet_apply(unet, params, z, logsnr, c),
         kind=s.parameterization, cond=cond, uncond=uncond, guidance=guidance,
         thresholding=sample_cfg.thresholding, percentile=float(sample_cfg.percentile))
     return samplers.sample(denoise, noise, rng, schedule=schedules.from_config(s), steps=steps,
                            sampler=sample_cfg.sampler, eta=float(sample_cfg.eta))
+
+  def _sample_learned_variance(self, unet, params, cond, uncond, steps, guidance, noise, rng,
+                               schedule):
+    """Ancestral DDPM on `steps` respaced steps of the 1000 (discrete.sample) with the learned
+    variance; guidance on the eps half only, the conditional variance half kept (GLIDE, Karlo)."""
+    c = noise.shape[-1]
+
+    def model_fn(x, t):
+      logsnr = schedule.logsnr(t)
+      out = self._unet_apply(unet, params, x, logsnr, cond)
+      if uncond is None:
+        return out
+      u = self._unet_apply(unet, params, x, logsnr, uncond)
+      eps = u[..., :c] + guidance * (out[..., :c] - u[..., :c])
+      return jnp.concatenate([eps, out[..., c:]], axis=-1)
+
+    return discrete.sample(model_fn, noise, rng, schedule, steps, max_steps=MAX_DISCRETE_STEPS)
 
   def check_images(self, images):
     """A one-line UserError unless `images` is a batch [B, H, W, 3]."""
@@ -371,4 +415,7 @@ class DallE2(Model):
 
 
 def build(config):
+  if config.get("karlo"):  # dalle2:karlo, Kakao Brain's weights from a folder
+    from jzoo.models import karlo  # pylint: disable=g-import-not-at-top
+    return karlo.Karlo(config)
   return DallE2(config)

@@ -817,9 +817,10 @@ def params_from_diffusers(state_dict, module_or_config, source="state_dict") -> 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
 
-def load_diffusers_folder(folder, dtype=jnp.float32):
-  """(module, params) from a diffusers model folder (e.g. karlo-v1-alpha/decoder): config.json
-  and diffusion_pytorch_model.safetensors (single or sharded)."""
+def read_diffusers_folder(folder):
+  """(config.json as a dict, its path, {tensor name: array}, the weights' description) of a
+  diffusers model folder: config.json and diffusion_pytorch_model.safetensors (single or
+  sharded). Pickled weights are refused with a one-line error."""
   folder = os.fspath(folder)
   config_path = os.path.join(folder, "config.json")
   if not os.path.isfile(config_path):
@@ -829,7 +830,6 @@ def load_diffusers_folder(folder, dtype=jnp.float32):
       raw = json.load(f)
   except ValueError as e:
     raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
-  config = config_from_diffusers(raw, config_path)
   weights = next((os.path.join(folder, n) for n in _WEIGHTS
                   if os.path.exists(os.path.join(folder, n))), None)
   if weights is None:
@@ -838,6 +838,11 @@ def load_diffusers_folder(folder, dtype=jnp.float32):
              "diffusers' save_pretrained(..., safe_serialization=True))") if bins else ""
     raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors{extra}")
   tensors, _, source = open_safetensors(weights)
-  module = module_from_config(config, dtype)
-  state = {k: f.get(k) for k, f in tensors.items()}
+  return raw, config_path, {k: f.get(k) for k, f in tensors.items()}, source
+
+
+def load_diffusers_folder(folder, dtype=jnp.float32):
+  """(module, params) from a diffusers U-Net or text-proj folder (e.g. karlo-v1-alpha/decoder)."""
+  raw, config_path, state, source = read_diffusers_folder(folder)
+  module = module_from_config(config_from_diffusers(raw, config_path), dtype)
   return module, params_from_diffusers(state, module, source)

@@ -300,6 +300,21 @@ class CLIP(nn.Module):
     return self.get_text_features(ids, mask), self.get_image_features(pixels)
 
 
+class CLIPTextWithProjection(nn.Module):
+  """transformers' CLIPTextModelWithProjection (Karlo's text encoder): ids [B, L] ->
+  (last_hidden_state [B, L, hidden], text_embeds [B, projection_dim])."""
+  config: TextConfig
+  projection_dim: int
+
+  def setup(self):
+    self.text_model = TextTransformer(self.config)
+    self.text_projection = _dense(self.projection_dim, ("embed", None), use_bias=False)
+
+  def __call__(self, ids, mask=None):
+    states = self.text_model(ids, mask, pool=False)
+    return states, self.text_projection(self.text_model(ids, mask))
+
+
 # --- loading ------------------------------------------------------------------------
 
 
@@ -342,6 +357,16 @@ def clip_config_from_json(path) -> CLIPConfig:
                     projection_dim=int(hf.get("projection_dim", 512)))
 
 
+def text_with_projection_from_dict(hf, path) -> CLIPTextWithProjection:
+  """The module of a CLIPTextModelWithProjection folder's config.json (as a dict; `path` names
+  it in errors)."""
+  if hf.get("model_type") != "clip_text_model":
+    raise CheckpointError(f"{path}: model_type is {hf.get('model_type')!r}, not "
+                          "'clip_text_model' (a CLIPTextModelWithProjection config.json is needed)")
+  return CLIPTextWithProjection(_tower_config({"text_config": hf}, "text", TextConfig, path),
+                                int(hf.get("projection_dim", 512)))
+
+
 def _pair(value, what, path):
   """An int, [h, w] or {"height", "width"} as (h, w)."""
   if isinstance(value, int):
@@ -376,12 +401,18 @@ def image_processing_from_json(path, image_size) -> ImageProcessing:
                                                     path), **kw)
 
 
-def param_shapes(model: CLIP) -> dict:
+def init_variables(model, rng):
+  """Boxed variables of a CLIP or CLIPTextWithProjection from the smallest inputs."""
+  ids, mask = jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)
+  if isinstance(model, CLIPTextWithProjection):
+    return model.init(rng, ids, mask)
+  v = model.config.vision
+  return model.init(rng, ids, mask, jnp.zeros((1, v.image_size, v.image_size, v.num_channels)))
+
+
+def param_shapes(model) -> dict:
   """Flat {path tuple: shape} of the model's parameters (abstract, no memory)."""
-  c = model.config
-  tree = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
-      jnp.zeros((1, c.vision.image_size, c.vision.image_size, c.vision.num_channels))))
+  tree = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
   return {k: tuple(v.shape)
           for k, v in traverse_util.flatten_dict(nn.unbox(tree["params"])).items()}
 
@@ -409,7 +440,7 @@ def _to_flax(path, array):
   return array
 
 
-def load_params(folder, model: CLIP) -> dict:
+def load_params(folder, model) -> dict:
   """float32 numpy parameters from model.safetensors (single or sharded), checked key by key."""
   folder = os.fspath(folder)
   if not any(os.path.exists(os.path.join(folder, n))
@@ -426,7 +457,7 @@ def load_params(folder, model: CLIP) -> dict:
       continue
     path = _flax_path(key, expected)
     if path not in expected:
-      raise CheckpointError(f"{source}: unexpected tensor {key} (not a CLIPModel weight)")
+      raise CheckpointError(f"{source}: unexpected tensor {key} (not a {_kind(model)} weight)")
     array = _to_flax(path, tensors[key].get(key))
     if array.shape != expected[path]:
       raise CheckpointError(f"{source}: tensor {key} has shape {tensors[key].shape(key)}, which "
@@ -436,8 +467,12 @@ def load_params(folder, model: CLIP) -> dict:
   missing = sorted(set(expected) - set(flat))
   if missing:
     raise CheckpointError(f"{source}: missing CLIP parameter {'/'.join(missing[0])} "
-                          f"({len(missing)} missing; a full CLIPModel checkpoint is needed)")
+                          f"({len(missing)} missing; a full {_kind(model)} checkpoint is needed)")
   return traverse_util.unflatten_dict(flat)
+
+
+def _kind(model):
+  return "CLIPTextModelWithProjection" if isinstance(model, CLIPTextWithProjection) else "CLIPModel"
 
 
 def load_clip(folder):

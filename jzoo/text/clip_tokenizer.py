@@ -34,7 +34,7 @@ import unicodedata
 
 import numpy as np
 
-from jzoo.errors import CheckpointError
+from jzoo.errors import CheckpointError, PromptError
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SUFFIX = "</w>"
@@ -211,3 +211,14 @@ class CLIPTokenizer:
       ids[row, :len(seq)] = seq
       mask[row, :len(seq)] = 1
     return ids, mask
+
+  def encode_batch(self, texts, length):
+    """(ids, mask) as `__call__`, but a PromptError for a text that does not fit in `length`
+    tokens with bos and eos (the zoo's pipelines refuse to truncate a prompt silently)."""
+    for text in texts:
+      n = len(self.encode(text)) + 2
+      if n > length:
+        short = text if len(text) <= 40 else text[:37] + "..."
+        raise PromptError(f"prompt {short!r} is {n} tokens (with bos and eos); this model takes "
+                          f"at most {length}: shorten it")
+    return self(list(texts), length)
