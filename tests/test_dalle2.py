@@ -2,6 +2,8 @@
 the decoder's two conditionings and their dropout, guidance 1 = the conditional model, the tasks,
 the upsamplers' degradations, the paper's sizes, and the micro pipeline on 8 fake devices."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -154,8 +156,11 @@ def test_hard_negatives_against_an_independent_computation():
 
 
 def test_clip_trains_on_relation_swapped_twins(model):
-  """The clip stage's batches carry each caption's twin (jzoo.data.shapes.relation_swapped), and
-  its loss reads them: the same batch without twins gives a different loss."""
+  """With clip.hard_negatives the clip stage's batches carry each caption's twin
+  (jzoo.data.shapes.relation_swapped), and its loss reads them: the same batch without twins
+  gives a different loss."""
+  assert not model.data_spec("clip").negatives  # off by default
+  model = dalle2.build(micro_config("clip.hard_negatives=True"))
   assert model.data_spec("clip").negatives and not model.data_spec("prior").negatives
   batch = batch_for(model, "clip")
   variables = model.init("clip", jax.random.PRNGKey(0), batch)
@@ -195,6 +200,20 @@ def test_an_imported_clip_of_the_wrong_width_is_a_one_line_error(tmp_path):
   m = dalle2.build(micro_config(f"clip.weights={tmp_path}"))
   with pytest.raises(CheckpointError, match="projection_dim is 512"):
     m.external_weights("clip")
+
+
+def test_an_imported_clip_reads_its_own_bpe_ids():
+  """With config.clip.weights the prompts (sampling and training) are tokenized by the CLIP
+  folder's BPE, not the zoo's sentencepiece: the ids start and end with its own bos and eos."""
+  from jzoo.text.clip_tokenizer import CLIPTokenizer
+  folder = os.path.join(os.path.dirname(__file__), "golden", "clip_tiny")
+  m = dalle2.build(micro_config(f"clip.weights={folder}"))
+  tokenizer = m.text_tokenizer()
+  assert isinstance(tokenizer, CLIPTokenizer) and m.text_encoder.tokenizer == "clip-bpe"
+  ids, mask = tokenizer.encode_batch(["a red circle"], m.text_length)
+  n = int(mask.sum())
+  assert ids[0, 0] == tokenizer.bos_id and ids[0, n - 1] == tokenizer.eos_id == 713
+  assert dalle2.build(micro_config()).text_encoder.tokenizer == "sentencepiece"
 
 
 # --- the prior ----------------------------------------------------------------------
@@ -265,23 +284,26 @@ def test_decoder_reads_both_the_image_embedding_and_the_text(model, params):
   assert float(jnp.max(jnp.abs(base - no_text))) > 1e-4
 
 
-def test_guidance_one_equals_the_conditional_model(model, params):
+def _check_guidance_one(m, clip_params, decoder_params):
   """Through the model's own sampling code: guidance 1 with the unconditional pass equals the
-  decoder run without it."""
-  batch = batch_for(model, "decoder", batch_size=2)
-  text, _ = model.text_condition(params["clip"], batch["tokens"], batch["mask"])
-  z = model.image_embedding(params["clip"], batch["image"])
+  decoder run without it, and a larger guidance changes the sample."""
+  batch = batch_for(m, "decoder", batch_size=2)
+  text, _ = m.text_condition(clip_params, batch["tokens"], batch["mask"])
+  z = m.image_embedding(clip_params, batch["image"])
   cond = {"text": text, "tokens": batch["tokens"], "mask": batch["mask"], "image_embed": z}
   uncond = dict(cond, mask=jnp.zeros_like(batch["mask"]), image_embed=jnp.zeros_like(z))
   noise = jax.random.normal(jax.random.PRNGKey(1), batch["image"].shape)
-  guided = model._sample_stage("decoder", params["decoder"], cond, uncond, 3, 1.0, noise,
-                               jax.random.PRNGKey(2))
-  plain = model._sample_stage("decoder", params["decoder"], cond, None, 3, 1.0, noise,
-                              jax.random.PRNGKey(2))
-  np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), atol=1e-5)
-  stronger = model._sample_stage("decoder", params["decoder"], cond, uncond, 3, 4.0, noise,
-                                 jax.random.PRNGKey(2))
-  assert float(jnp.max(jnp.abs(stronger - plain))) > 1e-4
+  guided = jax.jit(lambda g: m._sample_stage("decoder", decoder_params, cond, uncond, 3, g, noise,
+                                              jax.random.PRNGKey(2)))
+  plain = np.asarray(jax.jit(lambda: m._sample_stage("decoder", decoder_params, cond, None, 3,
+                                                     1.0, noise, jax.random.PRNGKey(2)))())
+  np.testing.assert_allclose(np.asarray(guided(1.0)), plain, atol=1e-5)
+  assert np.abs(np.asarray(guided(4.0)) - plain).max() > 1e-4
+  return plain
+
+
+def test_guidance_one_equals_the_conditional_model(model, params):
+  _check_guidance_one(model, params["clip"], params["decoder"])
 
 
 @pytest.fixture(scope="module")
@@ -311,19 +333,8 @@ def test_learned_variance_decoder_trains_on_the_hybrid_loss(learned, params):
 
 
 def test_learned_variance_guidance_one_equals_the_conditional_model(learned, params):
-  m, p = learned
-  batch = batch_for(m, "decoder", batch_size=2)
-  text, _ = m.text_condition(params["clip"], batch["tokens"], batch["mask"])
-  z = m.image_embedding(params["clip"], batch["image"])
-  cond = {"text": text, "tokens": batch["tokens"], "mask": batch["mask"], "image_embed": z}
-  uncond = dict(cond, mask=jnp.zeros_like(batch["mask"]), image_embed=jnp.zeros_like(z))
-  noise = jax.random.normal(jax.random.PRNGKey(1), batch["image"].shape)
-  guided = jax.jit(lambda g: m._sample_stage("decoder", p, cond, uncond, 3, g, noise,
-                                              jax.random.PRNGKey(2)))
-  plain = np.asarray(jax.jit(lambda: m._sample_stage("decoder", p, cond, None, 3, 1.0, noise,
-                                                     jax.random.PRNGKey(2)))())
-  np.testing.assert_allclose(np.asarray(guided(1.0)), plain, atol=1e-5)
-  assert np.abs(np.asarray(guided(4.0)) - plain).max() > 1e-4
+  m, decoder_params = learned
+  plain = _check_guidance_one(m, params["clip"], decoder_params)
   assert np.all(np.isfinite(plain)) and np.abs(plain).max() <= 1.0 + 1e-6  # x0 clipped to [-1, 1]
 
 

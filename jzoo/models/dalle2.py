@@ -126,12 +126,13 @@ class DallE2(Model):
     for name in (PRIOR, *self.cascade):
       param_lib.check(self._stage(name).parameterization)
       schedules.from_config(self._stage(name))
-    variance = self._stage(self.cascade[0]).get("variance", "fixed")
-    if variance not in VARIANCES:
-      raise ConfigError(f"config.stages.{self.cascade[0]}.variance must be one of {VARIANCES}")
-    if variance == "learned" and self._stage(self.cascade[0]).parameterization != "eps":
-      raise ConfigError(f"a learned variance (config.stages.{self.cascade[0]}.variance=learned) "
-                        "is trained with the hybrid loss on eps: set parameterization=eps")
+    for name in self.cascade:
+      s = self._stage(name)
+      if s.variance not in VARIANCES:
+        raise ConfigError(f"config.stages.{name}.variance must be one of {VARIANCES}")
+      if s.variance == "learned" and s.parameterization != "eps":
+        raise ConfigError(f"a learned variance (config.stages.{name}.variance=learned) is trained "
+                          "with the hybrid loss on eps: set parameterization=eps")
     for name in self.cascade[1:]:
       if self._stage(name).degradation not in degradations.DEGRADATIONS:
         raise ConfigError(f"config.stages.{name}.degradation must be one of "
@@ -158,7 +159,7 @@ class DallE2(Model):
   def learned_variance(self, name):
     """The 1000-step discrete DDPM schedule of a learned-variance stage (the paper's decoder),
     else None (jzoo's continuous-time diffusion)."""
-    if self._stage(name).get("variance", "fixed") != "learned":
+    if self._stage(name).variance != "learned":
       return None
     return discrete.DiscreteSchedule(variance_type="learned_range", prediction_type="epsilon")
 
@@ -171,6 +172,11 @@ class DallE2(Model):
       return unet
     return config_lib.build(Decoder, s, unet=unet, vocab_size=self.clip.clip_config.text.vocab_size,
                             text_length=self.text_length, dtype=self.dtype)
+
+  def text_tokenizer(self):
+    if self.clip.imported:  # a Hugging Face CLIP reads its own BPE ids, not the zoo's
+      return self.clip.prompt_tokenizer(self.text_length)
+    return super().text_tokenizer()
 
   @property
   def output_shape(self):

@@ -158,7 +158,8 @@ class Karlo(Model):
     why = ("Karlo's stages are imported for sampling; jzoo does not train them (the prior and "
            "the decoder need CLIP image embeddings, which a Karlo folder has no tower for)")
     self.stage_table = {
-        name: Stage(spec(self._resolution(name)), init=lambda rng, batch, name=name: self._init(name, rng),
+        name: Stage(spec(self._resolution(name)),
+                    init=lambda rng, batch, name=name: self._init(name, rng),
                     loss=lambda *args: _refuse(why), untrainable=why)
         for name in COMPONENTS}
 
@@ -186,8 +187,8 @@ class Karlo(Model):
     """The components must fit together: one embedding width, one text length."""
     where = self.folder or "dalle2:karlo"
     text, proj = self.text_module, self.unets[TEXT_PROJ].config
-    checks = (("the prior's embedding_dim", self.prior.embed_dim, "the text encoder's projection_dim",
-               text.projection_dim),
+    checks = (("the prior's embedding_dim", self.prior.embed_dim,
+               "the text encoder's projection_dim", text.projection_dim),
               ("the prior's embedding_dim", self.prior.embed_dim, "the text encoder's hidden_size",
                text.config.hidden_size),
               ("text_proj's clip_embeddings_dim", proj.clip_embeddings_dim,

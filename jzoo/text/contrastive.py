@@ -21,7 +21,8 @@ import optax
 from jzoo.errors import CheckpointError, ConfigError
 from jzoo.stage import Stage
 from jzoo.text import clip as clip_lib
-from jzoo.text.encoder import SENTENCEPIECE
+from jzoo.text.clip_tokenizer import CLIPTokenizer
+from jzoo.text.encoder import CLIP_BPE, SENTENCEPIECE
 
 CLIP_STAGE = "clip"  # the stage name, in every model that trains one
 MAX_LOGIT_SCALE = 4.6052  # log(100)
@@ -87,7 +88,9 @@ class ContrastiveCLIP:
     self.clip_config = config_of(self.block, int(config.text.length))
     r = int(self.block.resolution)
     self.module = clip_lib.CLIP(self.clip_config, clip_lib.ImageProcessing(size=r, crop_size=(r, r)))
-    self.text_encoder = clip_lib.CLIPTextEncoder(self.module, tokenizer=SENTENCEPIECE)
+    # The zoo's sentencepiece ids for a CLIP trained here; an imported one reads its own BPE.
+    self.text_encoder = clip_lib.CLIPTextEncoder(
+        self.module, tokenizer=CLIP_BPE if self.imported else SENTENCEPIECE)
     self.image_encoder = clip_lib.CLIPImageEncoder(self.module)
 
   @property
@@ -98,9 +101,13 @@ class ContrastiveCLIP:
   def imported(self):
     return bool(self.block.weights)
 
+  def prompt_tokenizer(self, length):
+    """The imported CLIP folder's BPE tokenizer (its ids are the ones its text tower knows)."""
+    return CLIPTokenizer.load(os.path.expanduser(str(self.block.weights)), max_length=length)
+
   # --- the stage -----------------------------------------------------------
   def stage(self, data, next_stage):
-    data = dataclasses.replace(data, negatives=bool(self.block.get("hard_negatives", False)))
+    data = dataclasses.replace(data, negatives=bool(self.block.hard_negatives))
     return Stage(data, init=self.init,
                  loss=lambda params, batch, rng, frozen: self.loss(params, batch, next_stage))
 

@@ -32,7 +32,6 @@ from jzoo.io import checkpoint as ckpt_lib
 from jzoo.models import params as params_lib
 from jzoo.parallel import compiler, mesh as mesh_lib
 from jzoo.parallel.sharding import logical_shardings, mesh_context, replicated
-from jzoo.text.tokenizer import Tokenizer
 from jzoo.training import init_maps
 from jzoo.training.metrics import MetricWriter, drop_rows_after, has_rows
 from jzoo.training.optim import freeze_mask, freeze_patterns, make_optimizer
@@ -425,7 +424,7 @@ def train_and_evaluate(config, workdir, *, devices=None, stop_after=None, progre
   spec = model.data_spec(stage)
   dataset = config.data.dataset or spec.dataset
   source, caches = open_caches(model, spec, dataset, workdir, config)
-  tokenizer = Tokenizer.load(config.text.tokenizer)
+  tokenizer = model.text_tokenizer()  # an imported CLIP brings its own BPE
   frozen, frozen_shardings = trainer.load_frozen(workdir)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(workdir, stage), keep=train_cfg.keep)
