@@ -229,3 +229,31 @@ def read_safetensors(path):
     return dict(safetensors.numpy.load_file(os.fspath(path)))
   except Exception as e:  # safetensors raises its own error types
     raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def checked_params(keys, read, expected, path_of, convert, source, *, unexpected, missing):
+  """A nested params dict from named arrays, checked name by name and shape by shape.
+
+  keys: the tensor names to load; read(key) -> array; expected: {flax path tuple: shape};
+  path_of(key, expected) -> flax path; convert(path, array) -> the array in flax layout.
+  `unexpected` ends the error for a name with no path ("not a CLIPModel weight"); `missing` =
+  (what a missing path is, why) for the error naming the first one."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat = {}
+  for key in sorted(keys):
+    path = path_of(key, expected)
+    if path not in expected:
+      raise CheckpointError(f"{source}: unexpected tensor {key} ({unexpected})")
+    raw = read(key)
+    array = convert(path, np.asarray(raw, dtype=np.float32))
+    if array.shape != expected[path]:
+      raise CheckpointError(f"{source}: tensor {key} has shape {tuple(np.shape(raw))}, which "
+                            f"gives {'/'.join(path)} {array.shape}; the config needs "
+                            f"{expected[path]}")
+    flat[path] = array
+  absent = sorted(set(expected) - set(flat))
+  if absent:
+    what, why = missing
+    raise CheckpointError(f"{source}: missing {what} {'/'.join(absent[0])} ({len(absent)} "
+                          f"missing; {why})")
+  return traverse_util.unflatten_dict(flat)

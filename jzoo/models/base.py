@@ -193,6 +193,18 @@ class Model:
     return tuple(tuple(r) for r in self.config.axis_rules)
 
 
+def cascade_stages(config, example):
+  """`config.cascade` as a tuple, each name with its `config.stages` block (a cascaded diffusion
+  model's stages, lowest resolution first); `example` names a first stage for the error."""
+  cascade = tuple(config.cascade)
+  if not cascade:
+    raise ConfigError(f"config.cascade is empty; name at least {example}")
+  for name in cascade:
+    if name not in config.stages:
+      raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
+  return cascade
+
+
 def to_uint8(x):
   """[-1, 1] floats to uint8 pixels."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

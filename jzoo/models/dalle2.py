@@ -42,7 +42,7 @@ from jzoo.diffusion import samplers
 from jzoo.diffusion import schedules
 from jzoo.errors import ConfigError, UserError
 from jzoo.models.base import (INTERPOLATION, TEXT_TO_IMAGE, VARIATIONS, DataSpec, Model, Request,
-                              Stage, to_uint8)
+                              Stage, cascade_stages, to_uint8)
 from jzoo.nn import layers
 from jzoo.nn.prior import DiffusionPrior
 from jzoo.nn.transformer import Transformer
@@ -107,12 +107,7 @@ class DallE2(Model):
 
   def __init__(self, config):
     super().__init__(config)
-    self.cascade = tuple(config.cascade)
-    if not self.cascade:
-      raise ConfigError("config.cascade is empty; name at least the decoder, e.g. ('decoder', 'sr')")
-    for name in self.cascade:
-      if name not in config.stages:
-        raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
+    self.cascade = cascade_stages(config, "the decoder, e.g. ('decoder', 'sr')")
     self.dtype = layers.dtype_of(config.train.dtype)
     self.clip = ContrastiveCLIP(config)
     self.text_encoder = self.clip.text_encoder

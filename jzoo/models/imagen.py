@@ -35,7 +35,8 @@ from jzoo.diffusion import parameterization as param_lib
 from jzoo.diffusion import samplers
 from jzoo.diffusion import schedules
 from jzoo.errors import ConfigError
-from jzoo.models.base import TEXT_TO_IMAGE, DataSpec, Model, Request, Stage, to_uint8
+from jzoo.models.base import (TEXT_TO_IMAGE, DataSpec, Model, Request, Stage, cascade_stages,
+                              to_uint8)
 from jzoo.nn import layers
 from jzoo.nn.unet import EfficientUNet
 from jzoo.text.frozen import TEXT_ENCODER, FrozenTextEncoder
@@ -50,12 +51,7 @@ class Imagen(Model):
 
   def __init__(self, config):
     super().__init__(config)
-    self.cascade = tuple(config.cascade)
-    if not self.cascade:
-      raise ConfigError("config.cascade is empty; name at least a base stage, e.g. ('base', 'sr')")
-    for name in self.cascade:
-      if name not in config.stages:
-        raise ConfigError(f"cascade stage {name!r} has no config.stages.{name} block")
+    self.cascade = cascade_stages(config, "a base stage, e.g. ('base', 'sr')")
     self.dtype = layers.dtype_of(config.train.dtype)
     self.text_encoder = FrozenTextEncoder(config)
     self.components = (self.text_encoder,)

@@ -75,7 +75,7 @@ import numpy as np
 from flax import traverse_util
 
 from jzoo.errors import CheckpointError
-from jzoo.io.weight_files import open_safetensors
+from jzoo.io.weight_files import checked_params, open_safetensors
 from jzoo.nn import layers
 
 _named = nn.with_logical_partitioning
@@ -794,24 +794,10 @@ def params_from_diffusers(state_dict, module_or_config, source="state_dict") -> 
   name and shape by shape against the module (or config) it is for."""
   module = module_or_config if isinstance(module_or_config, nn.Module) else \
       module_from_config(module_or_config)
-  expected = param_shapes(module)
-  flat = {}
-  for key in sorted(state_dict):
-    path = _flax_path(key, expected)
-    if path not in expected:
-      raise CheckpointError(f"{source}: unexpected tensor {key} (not a weight of this "
-                            f"{type(module).__name__} config)")
-    array = _to_flax(path, np.asarray(state_dict[key], dtype=np.float32))
-    if array.shape != expected[path]:
-      raise CheckpointError(f"{source}: tensor {key} has shape {np.shape(state_dict[key])}, "
-                            f"which gives {'/'.join(path)} {array.shape}; the config needs "
-                            f"{expected[path]}")
-    flat[path] = array
-  missing = sorted(set(expected) - set(flat))
-  if missing:
-    raise CheckpointError(f"{source}: missing weight {'/'.join(missing[0])} ({len(missing)} "
-                          "missing; the weights do not match config.json)")
-  return traverse_util.unflatten_dict(flat)
+  return checked_params(state_dict, state_dict.__getitem__, param_shapes(module), _flax_path,
+                        _to_flax, source,
+                        unexpected=f"not a weight of this {type(module).__name__} config",
+                        missing=("weight", "the weights do not match config.json"))
 
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")

@@ -45,7 +45,7 @@ import PIL.Image
 from flax import traverse_util
 
 from jzoo.errors import CheckpointError, UserError
-from jzoo.io.weight_files import open_safetensors
+from jzoo.io.weight_files import checked_params, open_safetensors
 from jzoo.nn import layers
 from jzoo.nn.attention import dot_product_attention
 from jzoo.nn.transformer import causal_mask
@@ -450,25 +450,10 @@ def load_params(folder, model) -> dict:
                  os.path.join(folder, "pytorch_model.bin")) else ""
     raise CheckpointError(f"{folder}: no model.safetensors{extra}")
   tensors, _, source = open_safetensors(folder)
-  expected = param_shapes(model)
-  flat = {}
-  for key in sorted(tensors):
-    if key.endswith("position_ids"):  # buffers some checkpoints store
-      continue
-    path = _flax_path(key, expected)
-    if path not in expected:
-      raise CheckpointError(f"{source}: unexpected tensor {key} (not a {_kind(model)} weight)")
-    array = _to_flax(path, tensors[key].get(key))
-    if array.shape != expected[path]:
-      raise CheckpointError(f"{source}: tensor {key} has shape {tensors[key].shape(key)}, which "
-                            f"gives {'/'.join(path)} {array.shape}; the config needs "
-                            f"{expected[path]}")
-    flat[path] = array
-  missing = sorted(set(expected) - set(flat))
-  if missing:
-    raise CheckpointError(f"{source}: missing CLIP parameter {'/'.join(missing[0])} "
-                          f"({len(missing)} missing; a full {_kind(model)} checkpoint is needed)")
-  return traverse_util.unflatten_dict(flat)
+  keys = [k for k in tensors if not k.endswith("position_ids")]  # buffers some checkpoints store
+  return checked_params(keys, lambda k: tensors[k].get(k), param_shapes(model), _flax_path,
+                        _to_flax, source, unexpected=f"not a {_kind(model)} weight",
+                        missing=("CLIP parameter", f"a full {_kind(model)} checkpoint is needed"))
 
 
 def _kind(model):
