@@ -35,9 +35,12 @@ SCRIPTS = {
                      ["--json", "--candidates", "2"], "phenaki_pytorch", "peer / jzoo"),
     "nuwa_peer": ("benchmarks/peers/nuwa_decoding.py", ["--json"], "nuwa_pytorch",
                   "3x4x4-token video"),
+    "dalle2_peer": ("benchmarks/peers/dalle2_training_sampling.py", ["--json"], "dalle2_pytorch",
+                    "peer / jzoo"),
 }
-ORDER = ("phenaki_peer", "attention_patterns", "xla_cpu_options", "imagen_peer", "nuwa_peer",
-         "input_pipeline", "nearby_attention", "nearby_attention_tiles")  # longest first
+ORDER = ("phenaki_peer", "dalle2_peer", "attention_patterns", "xla_cpu_options", "imagen_peer",
+         "nuwa_peer", "input_pipeline", "nearby_attention",
+         "nearby_attention_tiles")  # longest first
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +159,17 @@ def test_nuwa_peer(runs):
   r = _result(runs, "nuwa_peer")
   assert r["tokens"] == 3 * 4 * 4 and r["jzoo"]["seconds"] > 0 and r["jzoo"]["params"] > 0
   assert (r["speedup"] is None) == (r["peer"] is None)
+
+
+def test_dalle2_peer(runs):
+  r = _result(runs, "dalle2_peer")
+  assert r["config"] == "dalle2:micro" and r["jzoo"]["candidates"] == 2
+  names = ("train_prior", "train_decoder", "sample_prior", "sample_decoder", "sample_total")
+  assert all(r["best"]["jzoo_" + k]["seconds"] > 0 for k in names)
+  assert set(r["speedup"]) == set(names)
+  assert all((v is None) == (r["peer"] is None) for v in r["speedup"].values())
+  assert r["jzoo"]["prior_params"] > 0 and r["jzoo"]["decoder_params"] > 0
+  assert all((v is None) == (r["peer"] is None) for v in r["param_ratio"].values())
 
 
 def test_peer_programs_do_not_see_the_repos_kernels_folder():
