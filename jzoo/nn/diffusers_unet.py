@@ -83,7 +83,7 @@ _MASK_BIAS = -10000.0  # diffusers' additive mask value (not -inf)
 
 _ACTIVATIONS = {
     "silu": nn.silu, "swish": nn.silu, "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
-    "gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu,
+    "gelu": layers.gelu_exact, "relu": nn.relu,
 }
 
 DOWN_BLOCKS = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")

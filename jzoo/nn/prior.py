@@ -118,7 +118,7 @@ class _GELU(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = _dense(self.features, ("embed", "mlp"), self.dtype, "proj")(x)
-    return nn.gelu(h, approximate=False)
+    return layers.gelu_exact(h)
 
 
 class _FeedForward(nn.Module):
