@@ -208,6 +208,9 @@ def load(name_or_dir=None, *, checkpoint=None, random_weights=False, seed=0, sam
     model = registry.build_model(loading.load_config(entry.name))
     if random_weights:
       params = _random_params(model, seed)
+    elif not entry.bundled and all(model.stage(s).untrainable for s in model.stages):
+      raise CheckpointError(f"model {entry.name!r} runs public weights you bring: pass "
+                            f"--checkpoint DIR, their folder (docs/models/{entry.name}.md)")
     elif not entry.bundled:
       raise CheckpointError(f"model {entry.name!r} has no bundled weights; pass --checkpoint DIR "
                             f"(train with python -m jzoo.train --config {entry.config} --workdir DIR) "

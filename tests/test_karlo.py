@@ -124,11 +124,24 @@ def test_the_cli_exits_2_on_a_broken_folder(tmp_path, capsys):
   assert len(err.strip().splitlines()) == 1
 
 
+def test_without_checkpoint_the_cli_asks_for_the_folder(capsys):
+  code, _, err = cli_helpers.run_main(sample.main, ["--model", "dalle2-karlo"], capsys)
+  assert code == 2 and "pass --checkpoint DIR, their folder (docs/models/dalle2-karlo.md)" in err
+  assert "jzoo.train" not in err
+
+
 def test_karlo_is_sampled_not_trained():
   model = registry.build_model(config_lib.load("dalle2:karlo"))
   assert all(model.stage(s).untrainable for s in model.stages)
   with pytest.raises(ConfigError, match="imported for sampling"):
     model.loss("prior", {}, {}, jax.random.PRNGKey(0), {})
+
+
+def test_the_train_cli_says_karlo_is_not_trained_here(tmp_path, capsys):
+  from jzoo import train
+  code, _, err = cli_helpers.run_main(train.main, ["--config", "dalle2:karlo", "--workdir",
+                                                   str(tmp_path)], capsys)
+  assert code == 2 and "imported for sampling" in err and len(err.strip().splitlines()) == 1
 
 
 def test_without_a_folder_the_sizes_are_karlos():

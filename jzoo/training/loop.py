@@ -74,6 +74,8 @@ class Trainer:
     if self.stage not in self.model.stages:
       raise ConfigError(f"config.stage {self.stage!r} is not a stage of {config.model}; "
                         f"choose one of {list(self.model.stages)}")
+    if self.model.stage(self.stage).untrainable:  # weights only from files: say so first
+      raise ConfigError(self.model.stage(self.stage).untrainable)
     self.rules = self.model.axis_rules
     self.batch_spec = params_lib.abstract_batch(self.model, self.stage, config.train.batch_size)
     abstract_params, param_sh = abstract_stage(self.model, self.stage, mesh, self.batch_spec)
