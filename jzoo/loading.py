@@ -71,24 +71,15 @@ def exported_config(folder):
 
 
 # Folders of public weights that a zoo config imports whole: {file that marks the layout:
-# (the config, its key that takes the folder, the _class_name the file must name)}.
-IMPORTED_LAYOUTS = {"model_index.json": ("dalle2:karlo", "karlo.folder", "UnCLIPPipeline")}
+# (the config, its key that takes the folder)}. The config's model checks the folder.
+IMPORTED_LAYOUTS = {"model_index.json": ("dalle2:karlo", "karlo.folder")}
 
 
 def imported_config(folder):
-  """The config that imports `folder` (a diffusers UnCLIPPipeline folder: dalle2:karlo with
+  """The config that imports `folder` (a diffusers pipeline folder: dalle2:karlo with
   `karlo.folder` set), or None when it is no such folder."""
-  for marker, (name, key, class_name) in IMPORTED_LAYOUTS.items():
-    path = os.path.join(folder, marker)
-    if os.path.isfile(path):
-      try:
-        with open(path) as f:
-          found = json.load(f).get("_class_name")
-      except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a readable {marker} ({e})") from e
-      if found != class_name:
-        raise CheckpointError(f"{path}: _class_name is {found!r}; jzoo imports {class_name} "
-                              f"folders ({name})")
+  for marker, (name, key) in IMPORTED_LAYOUTS.items():
+    if os.path.isfile(os.path.join(folder, marker)):
       return config_lib.load(name, [f"{key}={os.path.abspath(folder)}"])
   return None
 

@@ -139,6 +139,16 @@ def _split_output(schedule, out, x):
   return out[..., :c], out[..., c:]
 
 
+def guided(schedule, uncond_out, cond_out, guidance):
+  """Classifier-free guidance of two outputs of a model of this schedule: u + g (c - u), on the
+  mean half only for learned_range (the conditional variance half is kept: GLIDE, Karlo)."""
+  if schedule.variance_type != "learned_range":
+    return uncond_out + guidance * (cond_out - uncond_out)
+  c = cond_out.shape[-1] // 2
+  mean = uncond_out[..., :c] + guidance * (cond_out[..., :c] - uncond_out[..., :c])
+  return jnp.concatenate([mean, cond_out[..., c:]], axis=-1)
+
+
 def step(schedule, model_output, t, prev_t, x, noise):
   """One UnCLIPScheduler.step from step t to prev_t (-1 after the last). Returns (x_prev, x0).
 

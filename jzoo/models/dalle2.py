@@ -396,16 +396,13 @@ class DallE2(Model):
                                schedule):
     """Ancestral DDPM on `steps` respaced steps of the 1000 (discrete.sample) with the learned
     variance; guidance on the eps half only, the conditional variance half kept (GLIDE, Karlo)."""
-    c = noise.shape[-1]
-
     def model_fn(x, t):
       logsnr = schedule.logsnr(t)
       out = self._unet_apply(unet, params, x, logsnr, cond)
       if uncond is None:
         return out
-      u = self._unet_apply(unet, params, x, logsnr, uncond)
-      eps = u[..., :c] + guidance * (out[..., :c] - u[..., :c])
-      return jnp.concatenate([eps, out[..., c:]], axis=-1)
+      return discrete.guided(schedule, self._unet_apply(unet, params, x, logsnr, uncond), out,
+                             guidance)
 
     return discrete.sample(model_fn, noise, rng, schedule, steps, max_steps=MAX_DISCRETE_STEPS)
 

@@ -79,9 +79,8 @@ KARLO_CONFIGS = {
                    up_block_types=["ResnetUpsampleBlock2D"] * 4),
 }
 KARLO_CONFIGS[SR_LAST] = dict(KARLO_CONFIGS[SR_FIRST], sample_size=None)
-KARLO_SCHEDULERS = {"prior_scheduler": discrete.KARLO["prior"],
-                    "decoder_scheduler": discrete.KARLO["decoder"],
-                    "super_res_scheduler": discrete.KARLO["super_res"]}
+NO_FOLDER = ("dalle2:karlo has no folder: pass --checkpoint DIR (a Karlo folder in diffusers' "
+             "layout)")
 
 
 def _read_json(path):
@@ -139,7 +138,7 @@ class Karlo(Model):
   def __init__(self, config):
     super().__init__(config)
     self.folder = os.path.expanduser(str(config.karlo.folder))
-    configs, schedulers = self._read_configs()
+    configs, self.schedules = self._read_configs()
     self.sample_sizes = {name: configs[name].get("sample_size") for name in (DECODER, SR_FIRST)}
     self.text_module = clip_lib.text_with_projection_from_dict(
         configs[TEXT_ENCODER], os.path.join(self.folder, TEXT_ENCODER, "config.json"))
@@ -147,9 +146,6 @@ class Karlo(Model):
     self.unets = {name: diffusers_unet.module_from_config(diffusers_unet.config_from_diffusers(
         configs[name], os.path.join(self.folder, name, "config.json")))
         for name in (TEXT_PROJ, DECODER, SR_FIRST, SR_LAST)}
-    self.schedules = {part: scheduler_from_json(path) if isinstance(path, str)
-                      else discrete.DiscreteSchedule(**path)
-                      for part, path in schedulers.items()}
     self._check_sizes()
     self.clip_tokenizer = (CLIPTokenizer.load(os.path.join(self.folder, "tokenizer"),
                                               max_length=self.text_length) if self.folder else None)
@@ -165,23 +161,24 @@ class Karlo(Model):
 
   # --- the folder ----------------------------------------------------------
   def _read_configs(self):
-    """({component: config dict}, {scheduler part: config path or KARLO dict})."""
+    """({component: config dict}, {scheduler part: discrete.DiscreteSchedule}), every file read
+    now, so that a missing one is named before the first sample."""
     if not self.folder:
-      return KARLO_CONFIGS, {part: KARLO_SCHEDULERS[name] for part, name in SCHEDULERS.items()}
+      return KARLO_CONFIGS, {part: discrete.karlo(part) for part in SCHEDULERS}
     if not os.path.isdir(self.folder):
       raise CheckpointError(f"{self.folder}: no such Karlo folder (give the local folder of "
                             "kakaobrain/karlo-v1-alpha in diffusers' layout)")
-    index = _read_json(os.path.join(self.folder, "model_index.json"))
-    if index.get("_class_name") != "UnCLIPPipeline":
-      raise CheckpointError(f"{self.folder}/model_index.json: _class_name is "
-                            f"{index.get('_class_name')!r}, not 'UnCLIPPipeline' (a Karlo folder)")
+    index_path = os.path.join(self.folder, "model_index.json")
+    found = _read_json(index_path).get("_class_name")
+    if found != "UnCLIPPipeline":
+      raise CheckpointError(f"{index_path}: _class_name is {found!r}; jzoo imports "
+                            "UnCLIPPipeline folders (dalle2:karlo)")
     configs = {name: _read_json(os.path.join(self.folder, name, "config.json"))
                for name in COMPONENTS}
-    schedulers = {part: os.path.join(self.folder, name, "scheduler_config.json")
-                  for part, name in SCHEDULERS.items()}
-    for path in schedulers.values():
-      _read_json(path)  # a missing one is named now, not at the first sample
-    return configs, schedulers
+    schedules = {part: scheduler_from_json(os.path.join(self.folder, name,
+                                                        "scheduler_config.json"))
+                 for part, name in SCHEDULERS.items()}
+    return configs, schedules
 
   def _check_sizes(self):
     """The components must fit together: one embedding width, one text length."""
@@ -221,8 +218,7 @@ class Karlo(Model):
 
   def text_tokenizer(self):
     if self.clip_tokenizer is None:
-      raise CheckpointError("dalle2:karlo has no folder: pass --checkpoint DIR (a Karlo folder "
-                            "in diffusers' layout)")
+      raise CheckpointError(NO_FOLDER)
     return self.clip_tokenizer
 
   # --- weights ---------------------------------------------------------------
@@ -240,8 +236,7 @@ class Karlo(Model):
     if stage not in COMPONENTS:
       return None
     if not self.folder:
-      raise CheckpointError("dalle2:karlo has no folder: pass --checkpoint DIR (a Karlo folder "
-                            "in diffusers' layout)")
+      raise CheckpointError(NO_FOLDER)
     folder = os.path.join(self.folder, stage)
     if stage == TEXT_ENCODER:
       return clip_lib.load_params(folder, self.text_module)
@@ -280,8 +275,7 @@ class Karlo(Model):
     def model_fn(x, t):
       out = prior.apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                         embeds, states, mask)
-      u, c = jnp.split(out, 2)
-      return u + guidance * (c - u)
+      return discrete.guided(self.schedules[PRIOR], *jnp.split(out, 2), guidance)
 
     init_rng, rng = jax.random.split(rng)
     x = jax.random.normal(init_rng, (b, prior.embed_dim)) if noise is None else noise
@@ -295,21 +289,19 @@ class Karlo(Model):
                                                 embeds, states, True)
     n = self.unets[TEXT_PROJ].config.clip_extra_context_tokens
     context_mask = jnp.pad(mask, ((0, 0), (n, 0)), constant_values=True)
-    decoder = self.unets[DECODER]
+    decoder, schedule = self.unets[DECODER], self.schedules[DECODER]
     c = decoder.config.in_channels
     b = image_embeddings.shape[0]
 
     def model_fn(x, t):
       out = decoder.apply({"params": params[DECODER]}, jnp.concatenate([x, x]),
                           jnp.concatenate([t, t]), context, time, context_mask)
-      u, cond = jnp.split(out, 2)
-      eps = u[..., :c] + guidance * (cond[..., :c] - u[..., :c])
-      return jnp.concatenate([eps, cond[..., c:]], axis=-1)
+      return discrete.guided(schedule, *jnp.split(out, 2), guidance)
 
     init_rng, rng = jax.random.split(rng)
     r = self._resolution(DECODER)
     x = jax.random.normal(init_rng, (b, r, r, c)) if noise is None else noise
-    x = discrete.sample(model_fn, x, rng, self.schedules[DECODER], steps, step_noise=step_noise,
+    x = discrete.sample(model_fn, x, rng, schedule, steps, step_noise=step_noise,
                         max_steps=max_steps)
     return jnp.clip(x, -1.0, 1.0)
 

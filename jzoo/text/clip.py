@@ -222,15 +222,18 @@ class TextTransformer(nn.Module):
       attend = attend & (mask > 0)[:, None, None, :]
     x = Encoder(c, name="encoder")(x, attend)
     x = _layer_norm(c.layer_norm_eps, "final_layer_norm")(x)
-    if not pool:
-      return x
-    if c.eos_token_id == 2:
-      # Configs from before transformers PR #24773 have a wrong eos_token_id; there, as in
-      # OpenAI's code, the end token is the highest id (the first one, if repeated).
-      end = jnp.argmax(ids, axis=-1)
-    else:
-      end = jnp.argmax(ids == c.eos_token_id, axis=-1)  # the first end token (0 if none)
-    return x[jnp.arange(ids.shape[0]), end]
+    return pool_end_token(x, ids, c) if pool else x
+
+
+def pool_end_token(states, ids, config: TextConfig):
+  """The final-normed states [B, L, hidden] at each row's end token -> [B, hidden]."""
+  if config.eos_token_id == 2:
+    # Configs from before transformers PR #24773 have a wrong eos_token_id; there, as in
+    # OpenAI's code, the end token is the highest id (the first one, if repeated).
+    end = jnp.argmax(ids, axis=-1)
+  else:
+    end = jnp.argmax(ids == config.eos_token_id, axis=-1)  # the first end token (0 if none)
+  return states[jnp.arange(ids.shape[0]), end]
 
 
 class VisionEmbeddings(nn.Module):
@@ -311,8 +314,8 @@ class CLIPTextWithProjection(nn.Module):
     self.text_projection = _dense(self.projection_dim, ("embed", None), use_bias=False)
 
   def __call__(self, ids, mask=None):
-    states = self.text_model(ids, mask, pool=False)
-    return states, self.text_projection(self.text_model(ids, mask))
+    states = self.text_model(ids, mask, pool=False)  # one pass serves both outputs
+    return states, self.text_projection(pool_end_token(states, ids, self.config))
 
 
 # --- loading ------------------------------------------------------------------------
