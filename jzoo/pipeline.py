@@ -131,6 +131,24 @@ class Pipeline:
                               for a in alphas], image, seed, steps, guidance, prompt=source,
                              same_noise=True)
 
+  def edit_region(self, image, region, prompt, *, num=1, seed=0):
+    """`num` edits of `image` (uint8 [H, W, 3]): the pixels where `region` (bool [H, W]) is True
+    redrawn under `prompt`, every other pixel kept (text-guided editing)."""
+    model = self.model
+    model.require(base.REGION_EDIT, self.name)
+    region = np.asarray(region, bool)
+    model.check_edit(np.shape(image), region)
+    self.check_prompts([prompt])
+    pixels = _pixels(image, model)
+    tokens, mask = self.tokenizer.encode_batch([prompt] * num, model.text_length)
+    extra = {"known": jnp.broadcast_to(pixels, (num, *pixels.shape)),
+             "region": jnp.broadcast_to(jnp.asarray(region), (num, *region.shape))}
+    steps, guidance = _sampler_settings(model, None, None)
+    request = base.Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), steps=steps,
+                           guidance=guidance, extra=extra)
+    gen = _jitted_generate(compiler.ynn_fusions_of(model.config))
+    return np.asarray(gen(model, self.params, request, jax.random.PRNGKey(seed)))
+
   def _from_images(self, rows, image, seed, steps, guidance, prompt=None, same_noise=False):
     """One generate call over `rows` (per-row extras), each also given `image`."""
     model = self.model

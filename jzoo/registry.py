@@ -40,6 +40,9 @@ MODELS = {e.name: e for e in [
     Entry("dalle2-tiny-shapes", "dalle2:tiny_shapes",
           "DALL-E 2 (unCLIP: CLIP + diffusion prior + 32px decoder + 64px upsampler) on shapes"),
     Entry("dalle2-micro", "dalle2:micro", "DALL-E 2 (unCLIP) micro model for tests and smoke runs"),
+    Entry("cogview2-tiny-shapes", "cogview2:tiny_shapes",
+          "CogView2 (VQ-GAN + CogLM over 8x8 tokens + local-attention SR to 16x16 + LoPAR) on shapes"),
+    Entry("cogview2-micro", "cogview2:micro", "CogView2 micro model for tests and smoke runs"),
     Entry("dalle2-karlo", "dalle2:karlo",
           "Kakao Brain's Karlo unCLIP from your folder in diffusers' layout (--checkpoint DIR)"),
 ]}

@@ -48,6 +48,9 @@ def build_parser():
                  help="with --image: a second PNG; interpolate between the two images")
   p.add_argument("--edit", default=None,
                  help="with --image and --prompt (its caption): a caption to move the image towards")
+  p.add_argument("--mask", default=None,
+                 help="with --image and --prompt (region editing, CogView2): a PNG of the image's "
+                      "size, white where to redraw the image under the prompt")
   p.add_argument("--alpha", type=float, action="append", default=None,
                  help="interpolation/edit amount in [0, 1]; repeat for several (default: "
                       "0, .25, .5, .75, 1 for --image2; .25, .5 for --edit)")
@@ -170,7 +173,7 @@ def main(argv=None):
 
 def _image_task(args, pipe, ext):
   """--image: variations; with --image2 interpolation; with --edit a text-diff edit."""
-  from jzoo.io import read_frames, write_media
+  from jzoo.io import read_frames
   if args.image2 is not None and args.edit is not None:
     raise UserError("give --image2 (interpolation) or --edit (a text-diff edit), not both")
   for a in args.alpha or ():
@@ -178,6 +181,14 @@ def _image_task(args, pipe, ext):
       raise UserError(f"--alpha must be in [0, 1], got {a}")
   image = _read_image(args.image, read_frames)
   options = dict(seed=args.seed, steps=args.steps, guidance=args.guidance)
+  if args.mask is not None:
+    if args.image2 is not None or args.edit is not None or args.alpha is not None:
+      raise UserError("--mask edits a region; it takes no --image2, --edit or --alpha")
+    if not args.prompt or len(args.prompt) != 1:
+      raise UserError("--mask needs one --prompt: the caption to draw in the region")
+    region = _read_image(args.mask, read_frames, flag="--mask").mean(axis=-1) > 127
+    outputs = pipe.edit_region(image, region, args.prompt[0], num=args.num, seed=args.seed)
+    return _write_outputs(args, pipe, outputs, ext)
   if args.image2 is not None:
     outputs = pipe.interpolate(image, _read_image(args.image2, read_frames),
                                args.alpha or (0.0, 0.25, 0.5, 0.75, 1.0), **options)
@@ -189,6 +200,11 @@ def _image_task(args, pipe, ext):
     if args.alpha is not None:
       raise UserError("--alpha needs --image2 or --edit")
     outputs = pipe.variations(image, num=args.num, **options)
+  _write_outputs(args, pipe, outputs, ext)
+
+
+def _write_outputs(args, pipe, outputs, ext):
+  from jzoo.io import write_media
   several = len(outputs) > 1
   stem = args.out or os.path.join("samples", f"{pipe.name}-{args.seed}" + ("" if several else ".png"))
   paths = ([os.path.join(stem, f"{i:04d}.png") for i in range(len(outputs))] if several
@@ -199,13 +215,13 @@ def _image_task(args, pipe, ext):
     print(path)
 
 
-def _read_image(path, read_frames):
+def _read_image(path, read_frames, flag="--image"):
   """One RGB uint8 image [H, W, 3] from a file; a one-line UserError otherwise."""
   if not os.path.isfile(path):
-    raise UserError(f"--image {path!r} does not exist")
+    raise UserError(f"{flag} {path!r} does not exist")
   frames = read_frames(path)
   if len(frames) != 1:
-    raise UserError(f"--image {path!r} has {len(frames)} frames; give a still image (PNG)")
+    raise UserError(f"{flag} {path!r} has {len(frames)} frames; give a still image (PNG)")
   return frames[0]
 
 

@@ -37,10 +37,12 @@ SCRIPTS = {
                   "3x4x4-token video"),
     "dalle2_peer": ("benchmarks/peers/dalle2_training_sampling.py", ["--json"], "dalle2_pytorch",
                     "peer / jzoo"),
+    "cogview2_hierarchical": ("benchmarks/cogview2_hierarchical.py", ["--json"], None,
+                              "passes h / flat"),
 }
 ORDER = ("phenaki_peer", "dalle2_peer", "attention_patterns", "xla_cpu_options", "imagen_peer",
          "nuwa_peer", "input_pipeline", "nearby_attention",
-         "nearby_attention_tiles")  # longest first
+         "cogview2_hierarchical", "nearby_attention_tiles")  # longest first
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +172,13 @@ def test_dalle2_peer(runs):
   assert all((v is None) == (r["peer"] is None) for v in r["speedup"].values())
   assert r["jzoo"]["prior_params"] > 0 and r["jzoo"]["decoder_params"] > 0
   assert all((v is None) == (r["peer"] is None) for v in r["param_ratio"].values())
+
+
+def test_cogview2_hierarchical(runs):
+  (r,) = _result(runs, "cogview2_hierarchical")["rows"].values()
+  assert (r["coarse_grid"], r["fine_grid"]) == ([2, 2], [4, 4])
+  assert r["hierarchical_s"] > 0 and r["flat_s"] > 0 and r["speedup"] > 0
+  assert r["flat_forward_passes"] == 16 and r["coglm_params"] > 0 and r["sr_params"] > 0
 
 
 def test_peer_programs_do_not_see_the_repos_kernels_folder():

@@ -46,8 +46,11 @@ INFILL = "infill"                          # request.extra["known"/"known_mask"]
 VARIATIONS = "image-variations"            # new images from an image's embedding (unCLIP)
 INTERPOLATION = "interpolation"            # between two prompts or images
 RECONSTRUCT = "reconstruct"                # a visual tokenizer's round trip (model.reconstruct)
+REGION_EDIT = "region-edit"                # request.extra["known"] pixels + ["region"] bool
+                                           # [B, H, W]: the region redrawn under the caption, the
+                                           # rest kept (CogView2's text-guided editing)
 CAPABILITIES = (TEXT_TO_IMAGE, TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_PREDICTION, STORY, INFILL,
-                VARIATIONS, INTERPOLATION, RECONSTRUCT)
+                VARIATIONS, INTERPOLATION, RECONSTRUCT, REGION_EDIT)
 
 
 @dataclasses.dataclass

@@ -18,8 +18,9 @@ g * cycle + j stacked on a leading "layers" axis (`scan_params`/`unscan_params` 
 `names=NUWA_NAMES` gives NUWA's names instead (code_embedding, decoder_{i}/{query, key, value,
 out, ...}, norm_out, head: no "transformer" scope), so its checkpoints load as they are too.
 
-A visual condition (NUWA's video prediction, `condition_radius`): the codes of the first frames,
-embedded as the grid's and encoded by `condition_layers` non-causal Nearby blocks (condition_{i},
+A visual condition (NUWA's video prediction, `condition_radius`): the codes of the first frames
+(or of a coarser grid over the same extent, CogView2's super-resolution: each coarse cell takes
+the position of the fine cell at its origin), embedded as the grid's and encoded by `condition_layers` non-causal Nearby blocks (condition_{i},
 norm_condition), are seen by every layer through a non-causal Nearby cross-attention around the
 query's scaled position (norm_visual, visual_{query,key,value,out}).
 """
@@ -346,18 +347,23 @@ class TokenTransformer(nn.Module):
            self.param("position_width", init("width"), (w, self.width)))
     return table, pos
 
-  @staticmethod
-  def _embed(embedding, ids):
-    """ids [B, t, h, w] -> [B, t, h, w, E] at the grid's first t, h, w positions."""
+  def _embed(self, embedding, ids, coarse=False):
+    """ids [B, t, h, w] -> [B, t, h, w, E] at the grid's first t, h, w positions. coarse: a
+    coarser grid over the same extent (CogView2's low-resolution level), each cell at the
+    position of the grid's cell at its origin."""
     table, (pt, ph, pw) = embedding
     t, h, w = ids.shape[1:]
     x = table(ids)
-    return x + (pt[:t, None, None] + ph[None, :h, None] + pw[None, None, :w]).astype(x.dtype)
+    rows, cols = np.arange(h), np.arange(w)
+    if coarse:
+      rows, cols = rows * self.grid[1] // h, cols * self.grid[2] // w
+    return x + (pt[:t, None, None] + ph[rows][None, :, None] + pw[cols][None, None, :]).astype(x.dtype)
 
   def _condition(self, embedding, codes, deterministic):
     """The visual condition: codes [B, F, h, w] -> [B, F, h, w, E], non-causal Nearby blocks."""
     b, f, h, w = codes.shape
-    x = self._embed(embedding, codes).reshape(b, f * h * w, self.width)
+    x = self._embed(embedding, codes, coarse=(h, w) != tuple(self.grid[1:])).reshape(
+        b, f * h * w, self.width)
     policy = _remat_policy(self.remat)
     block = Block if policy is None else nn.remat(Block, policy=policy)
     for i in range(self.condition_layers):

@@ -11,9 +11,10 @@ column.
 
 Round r runs the transformer once on the canvas (given tokens, the tokens of rounds < r, and
 [MASK] everywhere else) and draws every not-given token of priority r from its logits at once;
-given tokens are never changed. (THUDM's code first runs "warm-up" passes that draw the whole
-canvas, and its rounds then see those draws where this canvas has [MASK]; a model trained to
-fill masked tokens wants the [MASK]s.)
+given tokens are never changed. THUDM's code first draws the whole canvas (direct SR), and its
+rounds then see those draws where a not-yet-redrawn token is: `initial=` gives that canvas
+(jzoo.models.cogview2 passes direct SR's draw), and round r then masks only its own positions.
+Without it the canvas shows [MASK] there.
 
 The rounds are a `lax.fori_loop` over a traced count, and the knobs (temperature, top_k,
 top_p) and the priority map itself are traced: changing them does not recompile.
@@ -39,8 +40,16 @@ def priority_map(grid, window):
   return sum(c % w for c, w in zip(coords, window)).astype(np.int32)
 
 
+def round_values(values, priority):
+  """A per-round knob (CogView2's shrinking top-k) as an array over the rounds of `priority`:
+  values[r] for round r, the last value for the rounds after it."""
+  values = np.atleast_1d(np.asarray(values))
+  rounds = int(np.max(priority)) + 1
+  return values[np.minimum(np.arange(rounds), len(values) - 1)]
+
+
 def decode(logits_fn, given_tokens, given, rng, *, priority, mask_id, temperature=1.0, top_k=0,
-           top_p=1.0, rounds=None):
+           top_p=1.0, rounds=None, initial=None):
   """LoPAR rounds over a flattened grid.
 
   logits_fn(tokens [B, N]) -> logits [B, N, V] over the real codes (guidance already applied,
@@ -52,14 +61,18 @@ def decode(logits_fn, given_tokens, given, rng, *, priority, mask_id, temperatur
   """
   priority = jnp.asarray(priority, jnp.int32)
   rounds = jnp.max(priority) + 1 if rounds is None else rounds
-  tokens = jnp.where(given, given_tokens, mask_id).astype(jnp.int32)
+  start = mask_id if initial is None else initial
+  tokens = jnp.where(given, given_tokens, start).astype(jnp.int32)
+  top_k = jnp.asarray(top_k, jnp.int32)
 
   def body(r, state):
     tokens, rng = state
     rng, sample_rng = jax.random.split(rng)
-    logits = logits_fn(tokens)
-    drawn = logits_lib.sample(sample_rng, logits, temperature, top_k, top_p)
-    return jnp.where((priority == r) & ~given, drawn, tokens), rng
+    now = (priority == r) & ~given
+    logits = logits_fn(jnp.where(now, mask_id, tokens))
+    k = top_k[jnp.minimum(r, top_k.shape[0] - 1)] if top_k.ndim else top_k
+    drawn = logits_lib.sample(sample_rng, logits, temperature, k, top_p)
+    return jnp.where(now, drawn, tokens), rng
 
   tokens, _ = jax.lax.fori_loop(0, rounds, body, (tokens, rng))
   return tokens

@@ -78,7 +78,7 @@ class VectorQuantizer(nn.Module):
     self.project_out = layers.dense(self.features, (None, "embed"), dtype=self.dtype,
                                     name="project_out")
 
-  def _codes_table(self):
+  def codes_table(self):
     """The codebook as the lookup sees it (normalised when `l2_normalize`), float32 [K, D]."""
     if self.ema_decay > 0:
       count = jnp.asarray(self.ema_count, jnp.float32)
@@ -95,7 +95,7 @@ class VectorQuantizer(nn.Module):
     z_e = self.project_in(z).astype(jnp.float32)
     if self.l2_normalize:
       z_e = l2_normalize(z_e)
-    book = self._codes_table()
+    book = self.codes_table()
     flat = z_e.reshape(-1, self.code_dim)
     codes = jnp.argmin(squared_distances(flat, book), axis=-1).astype(jnp.int32)
     z_q = jnp.take(book, codes, axis=0).reshape(z_e.shape)
@@ -125,5 +125,5 @@ class VectorQuantizer(nn.Module):
 
   def decode_codes(self, codes):
     """codes int32 [...] -> z_q [..., E]: `__call__`'s lookup and up-projection (generation)."""
-    z_q = jnp.take(self._codes_table(), codes.astype(jnp.int32), axis=0)
+    z_q = jnp.take(self.codes_table(), codes.astype(jnp.int32), axis=0)
     return self.project_out(z_q)

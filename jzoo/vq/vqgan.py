@@ -173,6 +173,11 @@ class VQGAN(nn.Module):
     frames, unfold = self._fold(z_q, 3)
     return unfold(self.decoder(frames))
 
+  def code_vectors(self):
+    """The codebook as the lookup sees it, float32 [codebook_size, code_dim] (CogView2's code
+    clusters are k-means over these)."""
+    return self.quantizer.codes_table()
+
   def decode_codes(self, codes):
     """codes int32 [B, (T,) h, w] -> pixels float32 [B, (T,) H, W, 3].
 
