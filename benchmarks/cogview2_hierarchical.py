@@ -68,7 +68,7 @@ def measure(config_name, overrides, batch, repeats):
   def hierarchical(params, rng):
     known = jnp.zeros((batch, *model.coarse_grid), jnp.int32)
     coarse = model.sample_coarse(params, tokens, known, jnp.ones((batch, nc), bool), rng)
-    return model.super_resolve(params, coarse, rng)
+    return model.super_resolve(params, coarse, tokens, jnp.ones_like(tokens), rng)
 
   lm = config.coglm
   flat_lm = cogview2.CogLM(int(lm.vocab_size), model.text_length,

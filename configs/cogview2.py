@@ -59,6 +59,7 @@ def _sr(**kw):
       radius=2,                   # local attention inside the fine grid: (2r+1)^2 = kernel 5
       cross_radius=2,             # the cross-level window onto the coarse grid: kernel 5
       coarse_layers=2,            # local-attention layers that encode the coarse grid first
+      text=True,                  # every layer cross-attends to the caption (its own embedding)
       # BERT-style training: a cosine-schedule fraction of the fine tokens masked, and this
       # fraction of the examples with every fine token masked (what direct SR starts from).
       dsr_fraction=0.3,
@@ -107,8 +108,8 @@ def get_config(arg=None):
                              embed_dim=64, train=_train(3000, 32, 1e-3, 200))
     c.coglm = _coglm(vocab_size=704, width=128, num_layers=4, head_dim=32, mlp_dim=512,
                      train=_train(4000, 32, 1e-3, 200))
-    c.sr = _sr(factor=2, width=96, num_layers=3, head_dim=32, mlp_dim=384,
-               train=_train(2000, 16, 1e-3, 100))
+    c.sr = _sr(factor=2, width=128, num_layers=4, head_dim=32, mlp_dim=512,
+               train=_train(1800, 32, 1e-3, 100))
     c.sample = _sample()
 
   else:  # paper

@@ -192,6 +192,7 @@ ADDED_KEYS = {
                 "transformer.text_positions": False, "sample.candidates": 1, "sample.cpu_rows": 0},
     "nuwa": {**_TOKENIZER_LOSS, "transformer.condition_frames": 0,
              "transformer.condition_layers": 0, "transformer.condition_radius": (1, 1, 1)},
+    "cogview2": {"sr.text": False},
     "dalle2": {"clip.hard_negatives": False, "stages.*.variance": "fixed",
                "stages.*.vlb_weight": 0.001},
 }

@@ -168,7 +168,8 @@ def test_super_resolve_keeps_given_fine_tokens(model, params):
   n = int(np.prod(model.fine_grid))
   known = jnp.full((B, n), 7, jnp.int32)
   given = jnp.arange(n)[None].repeat(B, 0) % 3 == 0
-  fine = model.super_resolve(params, coarse, jax.random.PRNGKey(0), known, given)
+  tokens, mask = caption_batch(model.text_length, B)
+  fine = model.super_resolve(params, coarse, tokens, mask, jax.random.PRNGKey(0), known, given)
   np.testing.assert_array_equal(np.asarray(fine).reshape(B, n)[np.asarray(given)], 7)
   assert int(jnp.max(fine)) < model.mask_id
 

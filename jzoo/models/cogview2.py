@@ -184,6 +184,30 @@ class CogLM(nn.Module):
     return head(norm(x[:, self.prefix_length:])).astype(jnp.float32)
 
 
+class SuperResolution(nn.Module):
+  """The SR transformer over the fine grid (`net`: local attention in the fine grid, the
+  cross-level window onto the coarse grid) and, with `net.text` = "cross", its own embedding
+  of the caption, cross-attended by every layer: the official DSR reads the caption too (in
+  the full-attention stream of its text and coarse tokens). `net`'s parameters sit in this
+  module's scope (a text-free SR's tree is the TokenTransformer's)."""
+  net: TokenTransformer
+  vocab_size: int
+
+  def setup(self):
+    nn.share_scope(self, self.net)
+    if self.net.text is not None:
+      self.text_embedding = layers.Embed(self.vocab_size, self.net.width, dtype=self.net.dtype)
+
+  def __call__(self, codes, tokens, mask, deterministic=True, *, condition=None, visual=None):
+    """Logits [B, 1, H, W, V] of the fine codes [B, 1, H, W] (with [MASK]s), given the coarse
+    codes (`condition` [B, 1, h, w]) or their encoding (`visual`); codes=None: `condition`
+    encoded only."""
+    if codes is None:
+      return self.net(None, deterministic=deterministic, condition=condition)
+    text = None if self.net.text is None else self.text_embedding(tokens)
+    return self.net(codes, text, mask, deterministic, condition=condition, visual=visual)
+
+
 def region_order(region):
   """bool [B, N] -> (cells int32 [B, N]: the region's cells in raster order, then the others;
   count int32 [B]: the region's size)."""
@@ -275,12 +299,13 @@ class CogView2(Model):
                        str(lm.attention_impl), self.dtype)
     self.text_encoder = InModelTextEncoder(self.coglm, "encode_text", int(lm.width))
     r, cr = int(sr.radius), int(sr.cross_radius)
-    self.sr = TokenTransformer(
+    net = TokenTransformer(
         int(tk.codebook_size), int(sr.width), int(sr.num_layers), int(sr.head_dim),
         int(sr.mlp_dim), grid=(1, *self.fine_grid), pattern=patterns.Nearby((0, r, r)),
-        text=None, causal=False, dropout=float(sr.dropout), remat=str(config.train.remat),
-        impl=str(sr.attention_impl), dtype=self.dtype, condition_radius=(0, cr, cr),
-        condition_layers=int(sr.coarse_layers))
+        text="cross" if sr.text else None, text_positions=bool(sr.text), causal=False,
+        dropout=float(sr.dropout), remat=str(config.train.remat), impl=str(sr.attention_impl),
+        dtype=self.dtype, condition_radius=(0, cr, cr), condition_layers=int(sr.coarse_layers))
+    self.sr = SuperResolution(net, int(lm.vocab_size))
     data = DataSpec("shapes", int(tk.resolution), text_length=self.text_length)
     frozen = (TOKENIZER,)
     self.stage_table = {
@@ -360,8 +385,8 @@ class CogView2(Model):
 
   def _init_sr(self, rng, batch):
     b = batch["tokens"].shape[0]
-    return self.sr.init(rng, jnp.zeros((b, 1, *self.fine_grid), jnp.int32),
-                        condition=jnp.zeros((b, 1, *self.coarse_grid), jnp.int32))
+    return self.sr.init(rng, jnp.zeros((b, 1, *self.fine_grid), jnp.int32), batch["tokens"],
+                        batch["mask"], condition=jnp.zeros((b, 1, *self.coarse_grid), jnp.int32))
 
   def _sr_loss(self, params, batch, rng, frozen):
     mask_rng, all_rng, drop_rng = jax.random.split(rng, 3)
@@ -372,8 +397,9 @@ class CogView2(Model):
     every = jax.random.uniform(all_rng, (b, 1)) < float(self.config.sr.dsr_fraction)
     masked = masked | every
     inputs = jnp.where(masked, self.mask_id, flat).reshape(b, 1, *self.fine_grid)
-    logits = self.sr.apply({"params": params}, inputs, condition=coarse[:, None],
-                           deterministic=False, rngs={"dropout": drop_rng})
+    logits = self.sr.apply({"params": params}, inputs, batch["tokens"], batch["mask"],
+                           deterministic=False, condition=coarse[:, None],
+                           rngs={"dropout": drop_rng})
     logits = logits.reshape(b, flat.shape[1], -1).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat)
     n = jnp.maximum(jnp.sum(masked), 1)
@@ -404,17 +430,19 @@ class CogView2(Model):
                          temperature=float(s.temperature), top_k=int(s.top_k),
                          code_filter=self._code_filter(params[TOKENIZER]))
 
-  def super_resolve(self, params, coarse, rng, known=None, given=None):
-    """Direct SR (every fine token drawn at once from the coarse grid) then LoPAR rounds; fine
-    codes [B, H, W]. `known`/`given` [B, H*W]: fine tokens kept as they are (editing)."""
+  def super_resolve(self, params, coarse, tokens, mask, rng, known=None, given=None):
+    """Direct SR (every fine token drawn at once from the coarse grid and the caption) then
+    LoPAR rounds; fine codes [B, H, W]. `known`/`given` [B, H*W]: fine tokens kept as they are
+    (editing)."""
     s = self.config.sample
     p = params[SR]
     b, n = coarse.shape[0], int(np.prod(self.fine_grid))
     known = jnp.zeros((b, n), jnp.int32) if known is None else known
     given = jnp.zeros((b, n), bool) if given is None else given
-    visual = self.sr.apply({"params": p}, coarse[:, None], method=TokenTransformer.encode_condition)
+    visual = self.sr.apply({"params": p}, None, None, None, condition=coarse[:, None])
     logits_fn = lambda flat: self.sr.apply(
-        {"params": p}, flat.reshape(b, 1, *self.fine_grid), visual=visual).reshape(b, n, -1)
+        {"params": p}, flat.reshape(b, 1, *self.fine_grid), tokens, mask,
+        visual=visual).reshape(b, n, -1)
     dsr_rng, lopar_rng = jax.random.split(rng)
     canvas = jnp.where(given, known, self.mask_id)
     direct = logits_lib.sample(dsr_rng, logits_fn(canvas), float(s.dsr_temperature))
@@ -436,7 +464,8 @@ class CogView2(Model):
       known = jnp.zeros((b, *self.coarse_grid), jnp.int32)
       region = jnp.ones((b, int(np.prod(self.coarse_grid))), bool)
       coarse = self.sample_coarse(params, request.tokens, known, region, coarse_rng)
-      return to_uint8(self.decode(params[TOKENIZER], self.super_resolve(params, coarse, fine_rng)))
+      fine = self.super_resolve(params, coarse, request.tokens, request.mask, fine_rng)
+      return to_uint8(self.decode(params[TOKENIZER], fine))
     pixels, region_px = extra["known"], extra["region"].astype(bool)
     p = params[TOKENIZER]
     known_coarse = self.encode(p, self.coarse_pixels(pixels))
@@ -444,7 +473,8 @@ class CogView2(Model):
     coarse_region = self._token_region(region_px, self.coarse_grid)
     fine_region = self._token_region(region_px, self.fine_grid)
     coarse = self.sample_coarse(params, request.tokens, known_coarse, coarse_region, coarse_rng)
-    fine = self.super_resolve(params, coarse, fine_rng, known_fine, ~fine_region)
+    fine = self.super_resolve(params, coarse, request.tokens, request.mask, fine_rng, known_fine,
+                              ~fine_region)
     out = self.decode(p, fine)
     return to_uint8(jnp.where(region_px[..., None], out, pixels))
 
