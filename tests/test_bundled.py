@@ -13,7 +13,8 @@ FLOORS = {
     "imagen-tiny-shapes": (0.70, 0.904),  # 0.94 on these 16
     "phenaki-tiny-shapes": (0.50, 0.870),  # 0.8125 on these 16 (eval-test.json)
     "nuwa-tiny-shapes": (0.45, 0.798),  # 0.69
-    "dalle2-tiny-shapes": (0.35, 0.531),  # 0.5625 on these 16 (eval-test.json: 64 captions)
+    "dalle2-tiny-shapes": (0.35, 0.531),
+    "cogview2-tiny-shapes": (0.35, 0.688),  # 0.625 on these 16 (eval-test.json: 64 captions)  # 0.5625 on these 16 (eval-test.json: 64 captions)
 }
 
 

@@ -41,13 +41,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jzoo import config as config_lib
 from jzoo.errors import ConfigError, UserError
 from jzoo.models.base import (RECONSTRUCT, REGION_EDIT, TEXT_TO_IMAGE, DataSpec, Model, Request,
                               Stage, to_uint8)
 from jzoo.nn import layers, patterns
+from jzoo.nn.token_loss import masked_cross_entropy
 from jzoo.nn.token_transformer import Block, TokenTransformer
 from jzoo.nn.transformer import heads_for
 from jzoo.sampling import logits as logits_lib
@@ -376,10 +376,7 @@ class CogView2(Model):
     image, cells, previous, targets, valid = self.coglm_inputs(codes, region)
     logits = self.coglm.apply({"params": params}, batch["tokens"], image, cells, previous,
                               deterministic=False, rngs={"dropout": drop_rng})
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    n = jnp.maximum(jnp.sum(valid), 1)
-    loss = jnp.sum(ce * valid) / n
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * valid) / n
+    loss, accuracy = masked_cross_entropy(logits, targets, valid)
     return loss, {"cross_entropy": loss, "accuracy": accuracy,
                   "region_fraction": jnp.mean(valid.astype(jnp.float32))}
 
@@ -400,11 +397,7 @@ class CogView2(Model):
     logits = self.sr.apply({"params": params}, inputs, batch["tokens"], batch["mask"],
                            deterministic=False, condition=coarse[:, None],
                            rngs={"dropout": drop_rng})
-    logits = logits.reshape(b, flat.shape[1], -1).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat)
-    n = jnp.maximum(jnp.sum(masked), 1)
-    loss = jnp.sum(ce * masked) / n
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == flat) * masked) / n
+    loss, accuracy = masked_cross_entropy(logits.reshape(b, flat.shape[1], -1), flat, masked)
     return loss, {"masked_ce": loss, "masked_accuracy": accuracy,
                   "mask_fraction": jnp.mean(masked.astype(jnp.float32))}
 

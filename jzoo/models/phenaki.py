@@ -25,7 +25,6 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from jzoo import config as config_lib
 from jzoo.diffusion import guidance as guidance_lib
@@ -33,6 +32,7 @@ from jzoo.errors import ConfigError
 from jzoo.models.base import (IMAGE_TO_VIDEO, RECONSTRUCT, STORY, TEXT_TO_VIDEO, VIDEO_PREDICTION,
                               DataSpec, Model, Request, Stage, code_cache_input, to_uint8)
 from jzoo.nn import layers
+from jzoo.nn.token_loss import masked_cross_entropy
 from jzoo.nn.token_transformer import TokenTransformer
 from jzoo.nn.transformer import heads_for
 from jzoo.parallel import compiler
@@ -164,11 +164,7 @@ class Phenaki(Model):
     inputs = jnp.where(masked, self.mask_id, flat).reshape(codes.shape)
     logits = self.transformer.apply({"params": params}, inputs, text, text_mask,
                                     deterministic=False, rngs={"dropout": dropout_rng})
-    logits = logits.reshape(b, flat.shape[1], -1).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, flat)
-    n = jnp.maximum(jnp.sum(masked), 1)
-    loss = jnp.sum(ce * masked) / n
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == flat) * masked) / n
+    loss, accuracy = masked_cross_entropy(logits.reshape(b, flat.shape[1], -1), flat, masked)
     return loss, {"masked_ce": loss, "masked_accuracy": accuracy,
                   "mask_fraction": jnp.mean(masked.astype(jnp.float32))}
 
