@@ -45,6 +45,8 @@ def _coglm(**kw):
       # (text-to-image, CogView's task); the others mask one random rectangle of it (infilling
       # with bidirectional context), between `min_region` and all of each side.
       t2i_fraction=0.6, min_region=0.25,
+      text_drop=0.0,              # > 0: this fraction of captions emptied (all padding) in
+                                  # training, and stage 1 samples with classifier-free guidance
       dropout=0.0, attention_impl="auto",
       train=_train(300_000, 512, 1e-4, 5000),
   ))
@@ -72,7 +74,8 @@ def _sr(**kw):
 
 def _sample(**kw):
   s = ml_collections.ConfigDict(dict(
-      steps=1, guidance=1.0,      # not used: one step per token, no classifier-free guidance
+      steps=1,                    # not used: one step per token
+      guidance=1.0,               # stage 1's classifier-free guidance (with coglm.text_drop > 0)
       temperature=1.0, top_k=32,  # stage 1 (CogLM), token by token
       clusters=0, cluster_top_k=0,  # > 0: top-k over k-means clusters of the codebook first
       dsr_temperature=0.0,        # direct SR, all fine tokens at once (<= 0: argmax)
@@ -109,7 +112,7 @@ def get_config(arg=None):
                              num_res_blocks=1, norm_groups=8, codebook_size=512, code_dim=16,
                              embed_dim=64, train=_train(3000, 32, 1e-3, 200))
     c.coglm = _coglm(vocab_size=704, width=128, num_layers=4, head_dim=32, mlp_dim=512,
-                     train=_train(4000, 32, 1e-3, 200))
+                     text_drop=0.1, train=_train(4000, 32, 1e-3, 200))
     c.sr = _sr(factor=2, width=128, num_layers=4, head_dim=32, mlp_dim=512,
                train=_train(1800, 32, 1e-3, 100))
     # LoPAR at temperature 0.3: on captions 500-547 of `test` (which the card's scores skip),

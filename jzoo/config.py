@@ -192,7 +192,7 @@ ADDED_KEYS = {
                 "transformer.text_positions": False, "sample.candidates": 1, "sample.cpu_rows": 0},
     "nuwa": {**_TOKENIZER_LOSS, "transformer.condition_frames": 0,
              "transformer.condition_layers": 0, "transformer.condition_radius": (1, 1, 1)},
-    "cogview2": {"sr.text": False},
+    "cogview2": {"sr.text": False, "coglm.text_drop": 0.0},
     "dalle2": {"clip.hard_negatives": False, "stages.*.variance": "fixed",
                "stages.*.vlb_weight": 0.001},
 }

@@ -102,7 +102,8 @@ def _found(result):
 
 
 def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_dir=None,
-             *, batch_size=16, name=None, fid_params=None, clip=None, first=0, unclip=True):
+             *, batch_size=16, name=None, fid_params=None, clip=None, first=0, unclip=True,
+             editing=True):
   """Generates for `num` captions of `split` from index `first`, scores them; returns the report.
 
   pipe: a `jzoo.load` pipeline; `name` (default its name) goes into the report. With `out_dir`,
@@ -110,11 +111,12 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   `fid_params` (jzoo.eval.inception.load_inception_params) adds "fid" against the real
   samples (video frames pooled); `clip` = (model, params, tokenizer) from
   jzoo.text.clip.load_clip adds "clip_score" (a video's middle frame). `unclip=False` leaves out
-  an unCLIP model's embedding checks (`unclip_metrics`: 100 variations and 100 prior samples).
+  an unCLIP model's embedding checks (`unclip_metrics`: 100 variations and 100 prior samples),
+  `editing=False` a region editor's editing check (`editing_metrics`: one edit per caption).
   """
   from jzoo.eval import alignment, frechet
   from jzoo.eval import report as report_lib
-  from jzoo.models.base import RECONSTRUCT, VARIATIONS
+  from jzoo.models.base import RECONSTRUCT, REGION_EDIT, VARIATIONS
 
   model, params, name = pipe.model, pipe.params, name or pipe.name
   dataset = dataset_of(model)
@@ -165,6 +167,10 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
     report["unclip"] = unclip_metrics(model, params, pipe.tokenizer,
                                       [_real(dataset, e, output_shape) for e in examples],
                                       [e["caption"] for e in examples], seed, batch_size)
+  edits = None
+  if editing and model.can(REGION_EDIT) and not video:  # text-guided editing: one object replaced per image
+    report["editing"], edits = editing_metrics(model, params, pipe.tokenizer, scenes, split, first,
+                                               seed, guidance, batch_size)
   if fid_params is not None:
     from jzoo.eval import fid as fid_lib
     frames = lambda xs: np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in xs])
@@ -183,7 +189,42 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
                        for i, (c, f, r) in enumerate(zip(captions, forms, results), start=first)]
   if out_dir is not None:
     report["files"] = report_lib.write(out_dir, report, outputs, results)
+    if edits is not None:
+      from jzoo.io import write_image
+      report["files"]["edit_grid"] = path = os.path.join(out_dir, "grid-edit.png")
+      write_image(path, report_lib.grid_image(*edits))
   return report
+
+
+def editing_metrics(model, params, tokenizer, scenes, split, first, seed, guidance, batch_size):
+  """Text-guided editing on the evaluation's real images (jzoo/eval/editing.py): each image's
+  task region regenerated under its edited caption, read back by the evaluator. Returns the
+  summary and (edited images, edited captions, results) for the edit grid."""
+  import jax
+  import jax.numpy as jnp
+  from jzoo.eval import alignment
+  from jzoo.eval import editing
+  from jzoo.models.base import Request
+  size = int(model.output_shape[-1])
+  tasks = [editing.edit_task(s, split, first + i, size) for i, s in enumerate(scenes)]
+  sources = [shapes.render_image(s["objects"], size) for s in scenes]
+  gen = jax.jit(model.generate)
+  key = jax.random.PRNGKey(seed)
+  edited = []
+  for b, start in enumerate(range(0, len(tasks), batch_size)):
+    chunk = tasks[start:start + batch_size]
+    pad = lambda xs: list(xs) + [xs[-1]] * (batch_size - len(xs))  # one shape: one compile
+    pixels = jnp.asarray(np.stack(pad(sources[start:start + batch_size])), jnp.float32) / 127.5 - 1
+    tokens, mask = tokenizer.encode_batch(pad([t["caption"] for t in chunk]), model.text_length)
+    extra = {"known": pixels, "region": jnp.asarray(np.stack(pad([t["region"] for t in chunk])))}
+    request = Request(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), extra=extra,
+                      guidance=None if guidance is None else jnp.float32(guidance))
+    edited.extend(np.asarray(gen(params, request, jax.random.fold_in(key, b)))[:len(chunk)])
+  captions = [t["caption"] for t in tasks]
+  results = [alignment.score(x, c) for x, c in zip(edited, captions)]
+  kept = [np.array_equal(x[~t["region"]], s[~t["region"]]) for x, t, s in zip(edited, tasks, sources)]
+  summary = editing.summarize([r["correct"] for r in results], kept, [t["form"] for t in tasks])
+  return summary, (edited, captions, results)
 
 
 def unclip_metrics(model, params, tokenizer, real, captions, seed, batch_size):
@@ -265,6 +306,12 @@ def headline(report):
     parts.append(f"variations closer to their source {u['variations_closer_to_source']:.3f} "
                  f"(nearest {u['variations_nearest_source']:.3f}), prior retrieval "
                  f"{u['prior_retrieval']:.3f} (of {u['num']})")
+  if report.get("editing") is not None:
+    e = report["editing"]
+    forms = ", ".join(f"{f} object{'s' if f == 'two' else ''} {e[f]['correct']:.3f}"
+                      for f in ("one", "two") if f in e)
+    parts.append(f"editing: {e['correct']:.3f} read back ({forms}), outside unchanged "
+                 f"{e['outside_unchanged']:.3f}")
   if report.get("tokenizer_psnr") is not None:
     parts.append(f"tokenizer PSNR {report['tokenizer_psnr']:.2f} dB, accuracy of its round trips "
                  f"{report['tokenizer_accuracy']:.3f}")

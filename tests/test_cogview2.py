@@ -122,6 +122,38 @@ def test_coglm_loss_reads_the_region_only(model, params):
   assert np.isfinite(float(loss)) and 0 < float(metrics["region_fraction"]) <= 1
 
 
+def test_text_drop_empties_the_caption(model, params):
+  """text_drop=1: every caption is all padding, the loss that of the zeroed tokens."""
+  batch = square_batch(model, "coglm", B)
+  frozen, rng = {"tokenizer": params["tokenizer"]}, jax.random.PRNGKey(3)
+  dropped = cogview2.build(micro_config("coglm.text_drop=1.0"))
+  loss = dropped.loss("coglm", params["coglm"], batch, rng, frozen)[0]
+  empty = dict(batch, tokens=jnp.zeros_like(batch["tokens"]))
+  np.testing.assert_allclose(loss, model.loss("coglm", params["coglm"], empty, rng, frozen)[0],
+                             rtol=1e-6)
+  assert abs(float(loss) - float(model.loss("coglm", params["coglm"], batch, rng, frozen)[0])) > 1e-5
+
+
+def test_guided_stage_one_draws_from_the_guided_logits(model, params):
+  """Greedy stage 1 under guidance w picks, cell by cell, the argmax of u + w (c - u) of the
+  teacher-forced caption (c) and empty-caption (u) passes over the codes it drew; w = 1 is
+  exactly the unguided sampler."""
+  tokens, _ = caption_batch(model.text_length, B)
+  known = jnp.zeros((B, *model.coarse_grid), jnp.int32)
+  region = jnp.ones((B, model.coglm.num_cells), bool)
+  p, w = params["coglm"], 3.0
+  codes = cogview2.sample_region(model.coglm, p, tokens, known, region, jax.random.PRNGKey(0),
+                                 top_k=1, guidance=w)
+  image, cells, previous, targets, _ = model.coglm_inputs(codes, region)
+  forced = lambda t: model.coglm.apply({"params": p}, t, image, cells, previous)
+  cond, uncond = forced(tokens), forced(jnp.zeros_like(tokens))
+  np.testing.assert_array_equal(jnp.argmax(uncond + w * (cond - uncond), -1), targets)
+  assert not np.array_equal(jnp.argmax(cond, -1), targets)  # guidance changed the draw
+  draw = lambda g: cogview2.sample_region(model.coglm, p, tokens, known, region,
+                                          jax.random.PRNGKey(5), guidance=g)
+  np.testing.assert_array_equal(draw(1.0), draw(None))
+
+
 # --- super-resolution: windows, LoPAR --------------------------------------------------------------
 
 def test_direct_sr_attends_only_inside_its_windows():

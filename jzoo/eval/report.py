@@ -55,6 +55,10 @@ def markdown(report):
                f"| {_fmt(report['frechet_distance'])} |")
   if video:
     lines.append(f"| Fréchet video distance (evaluator features) | {_fmt(report['frechet_video_distance'])} |")
+  if report.get("editing"):
+    e = report["editing"]
+    lines.append(f"| editing: one object replaced, read back ({e['num']} images) | {_fmt(e['correct'])} |")
+    lines.append(f"| editing: pixels outside the region unchanged | {_fmt(e['outside_unchanged'])} |")
   lines += ["", "## Per caption form", "",
             "| form | samples | accuracy | " + " | ".join(names) + " |",
             "|---|---|---|" + "---|" * len(names)]

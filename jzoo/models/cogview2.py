@@ -44,6 +44,7 @@ import numpy as np
 
 from jzoo import config as config_lib
 from jzoo.errors import ConfigError, UserError
+from jzoo.diffusion import guidance as guidance_lib
 from jzoo.models.base import (RECONSTRUCT, REGION_EDIT, TEXT_TO_IMAGE, DataSpec, Model, Request,
                               Stage, to_uint8)
 from jzoo.nn import layers, patterns
@@ -234,22 +235,30 @@ def random_regions(rng, batch, grid, t2i_fraction, min_region):
 
 
 def sample_region(coglm, params, tokens, known, region, rng, *, temperature=1.0, top_k=0,
-                  code_filter=None):
+                  code_filter=None, guidance=None):
   """CogLM's generation: the codes of `region` (bool [B, N]) of `known` [B, h, w] drawn one
   by one in raster order, each from the caption, the image outside the region and the region
   codes before it. Part A's keys/values are computed once; each region cell is then one
-  cached step (O(sequence)). Returns codes int32 [B, h, w], `known`'s outside the region."""
+  cached step (O(sequence)). Returns codes int32 [B, h, w], `known`'s outside the region.
+
+  guidance (traced; None: off): classifier-free guidance against the empty caption (all
+  padding, what training's `text_drop` shows the model), the two passes as one batch of 2B."""
   b, n = known.shape[0], coglm.num_cells
   code_filter = code_filter or (lambda logits: logits)
   image, cells, _, _, valid = coglm_inputs(coglm, known, region)
-  cache = coglm.apply({"params": params}, tokens, image, None, None, prefill=True)
+  twice = (lambda x: x) if guidance is None else (lambda x: jnp.concatenate([x, x]))
+  if guidance is not None:
+    tokens = jnp.concatenate([tokens, jnp.zeros_like(tokens)])
+  cache = coglm.apply({"params": params}, tokens, twice(image), None, None, prefill=True)
 
   def body(k, state):
     flat, previous, cache, rng = state
     rng, draw_rng = jax.random.split(rng)
     cell = cells[:, k]
-    logits, cache = coglm.apply({"params": params}, None, None, cell, previous, cache=cache,
-                                position=k)
+    logits, cache = coglm.apply({"params": params}, None, None, twice(cell), twice(previous),
+                                cache=cache, position=k)
+    if guidance is not None:
+      logits = logits_lib.guide(logits[:b], logits[b:], guidance)
     code = logits_lib.sample(draw_rng, code_filter(logits), temperature, top_k)
     code = jnp.where(valid[:, k], code, jnp.take_along_axis(flat, cell[:, None], 1)[:, 0])
     return flat.at[jnp.arange(b), cell].set(code), code, cache, rng
@@ -367,14 +376,18 @@ class CogView2(Model):
     return coglm_inputs(self.coglm, codes, region)
 
   def _coglm_loss(self, params, batch, rng, frozen):
-    region_rng, drop_rng = jax.random.split(rng)
+    region_rng, text_rng, drop_rng = jax.random.split(rng, 3)
     p = frozen[TOKENIZER]
     codes = jax.lax.stop_gradient(self.encode(p, self.coarse_pixels(batch["image"])))
     lm = self.config.coglm
     region = random_regions(region_rng, codes.shape[0], self.coarse_grid,
                             float(lm.t2i_fraction), float(lm.min_region))
     image, cells, previous, targets, valid = self.coglm_inputs(codes, region)
-    logits = self.coglm.apply({"params": params}, batch["tokens"], image, cells, previous,
+    # A `text_drop` fraction of the captions become all padding, the empty caption that
+    # classifier-free guidance contrasts with.
+    kept = guidance_lib.drop_condition(text_rng, batch["mask"], float(lm.text_drop))
+    tokens = jnp.where(kept > 0, batch["tokens"], 0)
+    logits = self.coglm.apply({"params": params}, tokens, image, cells, previous,
                               deterministic=False, rngs={"dropout": drop_rng})
     loss, accuracy = masked_cross_entropy(logits, targets, valid)
     return loss, {"cross_entropy": loss, "accuracy": accuracy,
@@ -402,9 +415,6 @@ class CogView2(Model):
                   "mask_fraction": jnp.mean(masked.astype(jnp.float32))}
 
   # --- sampling --------------------------------------------------------------
-  def default_request_options(self):
-    return {"steps": 1, "guidance": 1.0}
-
   def _code_filter(self, tokenizer_params):
     """The stage-1 logits filter: top-k, or top-k within the top code clusters (section 4.3)."""
     s = self.config.sample
@@ -415,13 +425,22 @@ class CogView2(Model):
     return lambda logits: clusters_lib.top_clusters_filter(logits, labels, int(s.clusters),
                                                            int(s.cluster_top_k))
 
-  def sample_coarse(self, params, tokens, known, region, rng):
+  @property
+  def guided(self):
+    """CogLM samples with classifier-free guidance when it was trained with dropped captions
+    (coglm.text_drop > 0); a model that never saw the empty caption has no unconditional pass."""
+    return float(self.config.coglm.text_drop) > 0
+
+  def sample_coarse(self, params, tokens, known, region, rng, guidance=None):
     """Stage 1: CogLM fills `region` (bool [B, N]) of `known` [B, h, w] token by token; codes
-    [B, h, w] (outside the region: `known`'s)."""
+    [B, h, w] (outside the region: `known`'s). guidance: traced, default sample.guidance."""
     s = self.config.sample
+    if self.guided:
+      guidance = float(s.guidance) if guidance is None else guidance
     return sample_region(self.coglm, params[COGLM], tokens, known, region, rng,
                          temperature=float(s.temperature), top_k=int(s.top_k),
-                         code_filter=self._code_filter(params[TOKENIZER]))
+                         code_filter=self._code_filter(params[TOKENIZER]),
+                         guidance=guidance if self.guided else None)
 
   def super_resolve(self, params, coarse, tokens, mask, rng, known=None, given=None):
     """Direct SR (every fine token drawn at once from the coarse grid and the caption) then
@@ -456,7 +475,8 @@ class CogView2(Model):
     if "known" not in extra:
       known = jnp.zeros((b, *self.coarse_grid), jnp.int32)
       region = jnp.ones((b, int(np.prod(self.coarse_grid))), bool)
-      coarse = self.sample_coarse(params, request.tokens, known, region, coarse_rng)
+      coarse = self.sample_coarse(params, request.tokens, known, region, coarse_rng,
+                                  request.guidance)
       fine = self.super_resolve(params, coarse, request.tokens, request.mask, fine_rng)
       return to_uint8(self.decode(params[TOKENIZER], fine))
     pixels, region_px = extra["known"], extra["region"].astype(bool)
@@ -465,7 +485,8 @@ class CogView2(Model):
     known_fine = self.encode(p, pixels).reshape(b, -1)
     coarse_region = self._token_region(region_px, self.coarse_grid)
     fine_region = self._token_region(region_px, self.fine_grid)
-    coarse = self.sample_coarse(params, request.tokens, known_coarse, coarse_region, coarse_rng)
+    coarse = self.sample_coarse(params, request.tokens, known_coarse, coarse_region, coarse_rng,
+                                request.guidance)
     fine = self.super_resolve(params, coarse, request.tokens, request.mask, fine_rng, known_fine,
                               ~fine_region)
     out = self.decode(p, fine)
