@@ -5,7 +5,9 @@ Generates one sample for each of the first N captions of a split of
 with the alignment evaluator (jzoo/eval/alignment.py), and writes
 DIR/report.json, DIR/report.md and DIR/grid.png: accuracy overall, per
 attribute and per caption form, and Fréchet distances to the split's N real
-examples on the evaluator's features.
+examples on the evaluator's features. A model that edits regions (CogView2) is also given one
+editing task per caption (jzoo/eval/editing.py: an object of the real image replaced inside a
+region around it): the report's "editing" and DIR/grid-edit.png.
 
   python -m jzoo.evaluate --model imagen-tiny-shapes --num 200
   python -m jzoo.evaluate --model imagen-tiny-shapes --split compositional --out evals/comp
