@@ -85,7 +85,9 @@ def measure(config_name, overrides, batch, repeats):
     return cogview2.sample_region(flat_lm, flat_params, tokens, known,
                                   jnp.ones((batch, nf), bool), rng,
                                   temperature=float(config.sample.temperature),
-                                  top_k=int(config.sample.top_k))
+                                  top_k=int(config.sample.top_k),
+                                  # guided as stage 1 is (a doubled batch), when it is
+                                  guidance=float(config.sample.guidance) if model.guided else None)
 
   t_h = _best(lambda: hierarchical(params, rng), repeats)
   t_f = _best(lambda: flat(flat_params, rng), repeats)
