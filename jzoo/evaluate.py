@@ -171,8 +171,8 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
                                       [e["caption"] for e in examples], seed, batch_size)
   edits = None
   if editing and model.can(REGION_EDIT) and not video:  # text-guided editing: one object replaced per image
-    report["editing"], edits = editing_metrics(model, params, pipe.tokenizer, scenes, split, first,
-                                               seed, guidance, batch_size)
+    report["editing"], edits = editing_metrics(model, params, pipe.tokenizer, scenes, real, split,
+                                               first, seed, guidance, batch_size)
   if fid_params is not None:
     from jzoo.eval import fid as fid_lib
     frames = lambda xs: np.concatenate([x.reshape(-1, *x.shape[-3:]) for x in xs])
@@ -198,10 +198,12 @@ def evaluate(pipe, split="test", num=64, seed=0, steps=None, guidance=None, out_
   return report
 
 
-def editing_metrics(model, params, tokenizer, scenes, split, first, seed, guidance, batch_size):
-  """Text-guided editing on the evaluation's real images (jzoo/eval/editing.py): each image's
-  task region regenerated under its edited caption, read back by the evaluator. Returns the
-  summary and (edited images, edited captions, results) for the edit grid."""
+def editing_metrics(model, params, tokenizer, scenes, sources, split, first, seed, guidance,
+                    batch_size):
+  """Text-guided editing on the evaluation's real images (`sources`, uint8, the renders of
+  `scenes`; jzoo/eval/editing.py): each image's task region regenerated under its edited
+  caption, read back by the evaluator. Returns the summary and (edited images, edited
+  captions, results) for the edit grid."""
   import jax
   import jax.numpy as jnp
   from jzoo.eval import alignment
@@ -209,13 +211,12 @@ def editing_metrics(model, params, tokenizer, scenes, split, first, seed, guidan
   from jzoo.models.base import Request
   size = int(model.output_shape[-1])
   tasks = [editing.edit_task(s, split, first + i, size) for i, s in enumerate(scenes)]
-  sources = [shapes.render_image(s["objects"], size) for s in scenes]
   gen = jax.jit(model.generate)
   key = jax.random.PRNGKey(seed)
   edited = []
   for b, start in enumerate(range(0, len(tasks), batch_size)):
     chunk = tasks[start:start + batch_size]
-    pad = lambda xs: list(xs) + [xs[-1]] * (batch_size - len(xs))  # one shape: one compile
+    pad = lambda xs: _padded(xs, batch_size)
     pixels = jnp.asarray(np.stack(pad(sources[start:start + batch_size])), jnp.float32) / 127.5 - 1
     tokens, mask = tokenizer.encode_batch(pad([t["caption"] for t in chunk]), model.text_length)
     extra = {"known": pixels, "region": jnp.asarray(np.stack(pad([t["region"] for t in chunk])))}
@@ -227,6 +228,11 @@ def editing_metrics(model, params, tokenizer, scenes, split, first, seed, guidan
   kept = [np.array_equal(x[~t["region"]], s[~t["region"]]) for x, t, s in zip(edited, tasks, sources)]
   summary = editing.summarize([r["correct"] for r in results], kept, [t["form"] for t in tasks])
   return summary, (edited, captions, results)
+
+
+def _padded(xs, n):
+  """`xs` filled up to `n` items with copies of its last: every batch one shape, one compile."""
+  return list(xs) + [xs[-1]] * (n - len(xs))
 
 
 def unclip_metrics(model, params, tokenizer, real, captions, seed, batch_size):
@@ -251,10 +257,9 @@ def unclip_metrics(model, params, tokenizer, real, captions, seed, batch_size):
   for b, start in enumerate(range(0, len(real), batch_size)):
     chunk = real[start:start + batch_size]
     n = len(chunk)
-    padded = list(chunk) + [chunk[-1]] * (batch_size - n)  # one shape: no recompilation
-    pixels = jnp.asarray(np.stack(padded), jnp.float32) / 127.5 - 1.0
-    caps = list(captions[start:start + batch_size])
-    tokens, mask = tokenizer.encode_batch(caps + [caps[-1]] * (batch_size - n), model.text_length)
+    pixels = jnp.asarray(np.stack(_padded(chunk, batch_size)), jnp.float32) / 127.5 - 1.0
+    tokens, mask = tokenizer.encode_batch(_padded(captions[start:start + batch_size], batch_size),
+                                          model.text_length)
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     rng = jax.random.fold_in(key, b)
     out = gen(params, Request(tokens=tokens, mask=mask, extra={"images": pixels}), rng)

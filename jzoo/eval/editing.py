@@ -26,19 +26,21 @@ from jzoo.data import shapes
 MARGIN = 0.05  # fraction of S around the objects' boxes: room to draw the new object in
 
 
-def _square(center, side, size, grow):
-  """bool [S, S]: the square of `side` centred at `center` (x, y), grown by `grow` pixels."""
-  (cx, cy), half = center, side / 2 + grow
+def _rect(center, w, h, size, grow):
+  """bool [S, S]: the pixels whose centres lie in the w x h rectangle centred at `center`
+  (x, y), grown by `grow` pixels on every side."""
+  (cx, cy) = center
   ys, xs = np.arange(size)[:, None] + 0.5, np.arange(size)[None, :] + 0.5
-  return (np.abs(xs - cx) <= half) & (np.abs(ys - cy) <= half)
+  return (np.abs(xs - cx) <= w / 2 + grow) & (np.abs(ys - cy) <= h / 2 + grow)
+
+
+def _square(center, side, size, grow):
+  return _rect(center, side, side, size, grow)
 
 
 def _box(obj, size, grow):
   """bool [S, S]: an object's own bounding box, grown by `grow` pixels."""
-  w, h = shapes.box_size(obj["shape"], obj["side"])
-  (cx, cy) = obj["center"]
-  ys, xs = np.arange(size)[:, None] + 0.5, np.arange(size)[None, :] + 0.5
-  return (np.abs(xs - cx) <= w / 2 + grow) & (np.abs(ys - cy) <= h / 2 + grow)
+  return _rect(obj["center"], *shapes.box_size(obj["shape"], obj["side"]), size, grow)
 
 
 def edit_task(scene, split, index, size):

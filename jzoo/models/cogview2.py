@@ -435,12 +435,13 @@ class CogView2(Model):
     """Stage 1: CogLM fills `region` (bool [B, N]) of `known` [B, h, w] token by token; codes
     [B, h, w] (outside the region: `known`'s). guidance: traced, default sample.guidance."""
     s = self.config.sample
-    if self.guided:
-      guidance = float(s.guidance) if guidance is None else guidance
+    if not self.guided:
+      guidance = None
+    elif guidance is None:
+      guidance = float(s.guidance)
     return sample_region(self.coglm, params[COGLM], tokens, known, region, rng,
                          temperature=float(s.temperature), top_k=int(s.top_k),
-                         code_filter=self._code_filter(params[TOKENIZER]),
-                         guidance=guidance if self.guided else None)
+                         code_filter=self._code_filter(params[TOKENIZER]), guidance=guidance)
 
   def super_resolve(self, params, coarse, tokens, mask, rng, known=None, given=None):
     """Direct SR (every fine token drawn at once from the coarse grid and the caption) then
